@@ -64,9 +64,9 @@ class ProblemError(GatewayError):
     stay opaque).
     """
 
-    problem: ClassVar[str] = "internal-error"
-    status: ClassVar[int] = 500
-    title: ClassVar[str] = "Internal error"
+    problem: str = "internal-error"
+    status: int = 500
+    title: str = "Internal error"
 
     def __init__(
         self,
@@ -235,9 +235,12 @@ class UpstreamProblem(ProblemError):
         super().__init__(detail, retry_after=retry_after)
         self.document = dict(document)
         raw_status = document.get("status")
-        self.upstream_status = raw_status if isinstance(raw_status, int) else 502
+        self.status = (
+            raw_status if isinstance(raw_status, int) and 400 <= raw_status <= 599 else 502
+        )
         raw_type = str(document.get("type", ""))
-        self.upstream_problem = raw_type.removeprefix(PROBLEM_TYPE_PREFIX) or "upstream-error"
+        self.problem = raw_type.removeprefix(PROBLEM_TYPE_PREFIX) or "upstream-error"
+        self.title = str(document.get("title", "Refused by the provider"))
 
     def to_problem(self) -> dict[str, Any]:
         """The peer's own document (its ``audit_id`` names the peer's record)."""

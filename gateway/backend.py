@@ -1,0 +1,89 @@
+"""Calling a provider's backend: one pooled HTTP session, a timeout per service.
+
+The backend receives the consumer's request body as JSON, with the contract
+context in headers, and answers with a JSON object. Statuses below 500 are
+answers (a 404 "no such record" is signed like any other); 500 and above,
+or anything that is not a JSON object, is ``backend-error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import aiohttp
+
+from gateway.errors import BackendError, BackendTimeout, MalformedJose
+from gateway.jose import strict_json_object
+
+# A backend answer larger than this is refused rather than buffered.
+MAX_BACKEND_RESPONSE_BYTES: Final = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BackendRequest:
+    """What the provider gateway asks its backend, with the non-personal context."""
+
+    url: str
+    timeout: float
+    body: Mapping[str, Any]
+    consumer: str
+    contract: str
+    purpose: str
+    exchange_id: str
+
+
+@dataclass(frozen=True)
+class BackendAnswer:
+    """A backend's answer: its status and its JSON object."""
+
+    status: int
+    body: dict[str, Any]
+
+
+class Backend(Protocol):
+    """The seam between the exchange pipeline and the agency's own systems."""
+
+    async def call(self, request: BackendRequest) -> BackendAnswer:
+        """Ask the backend; ``BackendError`` or ``BackendTimeout`` when it fails."""
+
+
+class HttpBackend:
+    """Backends reached over HTTP through one shared aiohttp session."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def call(self, request: BackendRequest) -> BackendAnswer:
+        """POST the body as JSON and read a JSON object back within the timeout."""
+        headers = {
+            "X-Consumer": request.consumer,
+            "X-Contract": request.contract,
+            "X-Purpose": request.purpose,
+            "X-Exchange-Id": request.exchange_id,
+        }
+        try:
+            async with asyncio.timeout(request.timeout):
+                async with self._session.post(
+                    request.url, json=dict(request.body), headers=headers
+                ) as response:
+                    raw = await response.content.read(MAX_BACKEND_RESPONSE_BYTES + 1)
+                    status = response.status
+        except TimeoutError as exc:
+            raise BackendTimeout("the backend did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise BackendError(
+                "the backend could not be reached", audit_detail=type(exc).__name__
+            ) from exc
+        if len(raw) > MAX_BACKEND_RESPONSE_BYTES:
+            raise BackendError("the backend answer is too large")
+        if status >= 500:
+            raise BackendError(f"the backend failed with status {status}")
+        try:
+            # Signed objects carry integers only (protocol 3.0): a float cannot be released.
+            body = strict_json_object(raw)
+        except MalformedJose as exc:
+            raise BackendError(f"the backend answer is not usable: {exc}") from exc
+        return BackendAnswer(status=status, body=body)

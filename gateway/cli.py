@@ -1,0 +1,224 @@
+"""The ``gateway`` command.
+
+Every sub-command validates its inputs and reports a problem as one line on
+stderr with exit status 1 (2 for usage errors); no traceback reaches the
+operator for anything the operator can fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+from gateway.audit.records import generate_audit_key
+from gateway.config import hash_api_key, load_settings
+from gateway.contracts import (
+    check_contract_file,
+    contract_schema_text,
+    load_contract_dir,
+    sign_contract,
+)
+from gateway.errors import GatewayError, SetupError
+from gateway.keys import load_private_key, load_public_key_file, write_key_dir
+from gateway.observability import configure_logging
+from gateway.registry import build_registry_payload, sign_registry, verify_registry
+
+
+def _passphrase(variable: str | None) -> bytes | None:
+    if variable is None:
+        return None
+    value = os.environ.get(variable)
+    if not value:
+        raise SetupError("--passphrase-env", f"environment variable {variable} is not set")
+    return value.encode("utf-8")
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    """Write an agency's signing and encryption keys, its JWKS and its audit key."""
+    directory = Path(args.dir)
+    keys = write_key_dir(directory, args.alg, _passphrase(args.passphrase_env))
+    generate_audit_key(directory / "audit.key")
+    print(f"agency {args.agency}: keys written to {directory}")
+    print(f"  signing kid    {keys.signing.kid} ({keys.signing.alg})")
+    print(f"  encryption kid {keys.encryption.kid} ({keys.encryption.alg})")
+    print(f"  publish {directory / 'jwks.json'} through the trust registry")
+    return 0
+
+
+def cmd_keys_api_key(args: argparse.Namespace) -> int:
+    """Print a new random API key and the hash to put in gateway.yaml."""
+    key = args.key or secrets.token_urlsafe(32)
+    print(json.dumps({"api_key": key, "key_sha256": hash_api_key(key)}, indent=2))
+    return 0
+
+
+def cmd_registry_sign(args: argparse.Namespace) -> int:
+    """Sign a registry source file with the authority's key."""
+    authority = load_private_key(Path(args.key), "sig", _passphrase(args.passphrase_env))
+    payload = build_registry_payload(Path(args.source), int(time.time()))
+    Path(args.out).write_text(sign_registry(payload, authority) + "\n", encoding="ascii")
+    count = len(payload["agencies"])
+    print(f"registry serial {payload['serial']} with {count} agencies -> {args.out}")
+    return 0
+
+
+def cmd_contracts_sign(args: argparse.Namespace) -> int:
+    """Add (or replace) one party's detached signature in a contract file."""
+    path = Path(args.file)
+    contract, problems = check_contract_file(path)
+    fatal = [p for p in problems if p.field != "signatures"]
+    if contract is None or fatal:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1
+    key = load_private_key(Path(args.key), "sig", _passphrase(args.passphrase_env))
+    try:
+        signed = sign_contract(contract, args.agency, key)
+    except ValueError as exc:
+        raise SetupError(str(path), str(exc), field="signatures") from exc
+    document = signed.model_dump(mode="json")
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    print(f"{path}: signed by {args.agency} (kid {key.kid})")
+    return 0
+
+
+def cmd_contracts_validate(args: argparse.Namespace) -> int:
+    """Check every contract file in a directory; print every problem; exit 1 on any."""
+    registry_path = Path(args.registry)
+    authority_path = Path(args.authority_key or registry_path.parent / "authority.jwks.json")
+    authority = load_public_key_file(authority_path, "sig")
+    try:
+        compact = registry_path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SetupError(str(registry_path), "cannot read the registry") from exc
+    now = int(time.time())
+    registry = verify_registry(compact, authority, now)
+    loaded = load_contract_dir(Path(args.dir), registry.signing_keys, now)
+    for problem in loaded.problems:
+        print(problem)
+    for contract in loaded.contracts:
+        state = loaded.not_in_force.get(contract.id, "in force")
+        print(f"{contract.id} v{contract.version}: valid ({state})")
+    return 1 if loaded.problems else 0
+
+
+def cmd_contracts_schema(args: argparse.Namespace) -> int:
+    """Print the contract JSON Schema (or write it to a file)."""
+    text = contract_schema_text()
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run one gateway until SIGTERM or SIGINT."""
+    from gateway.web.server import serve  # noqa: PLC0415 - aiohttp only for this command
+
+    settings = load_settings(Path(args.config))
+    configure_logging(settings.log.level, settings.log.format)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the three-agency demo network."""
+    from gateway.demo import run_demo  # noqa: PLC0415 - the demo is not needed to serve
+
+    return asyncio.run(
+        run_demo(
+            directory=Path(args.dir) if args.dir else None,
+            port_base=args.port_base,
+            scenario=not args.no_scenario,
+            once=args.once,
+        )
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``gateway`` command."""
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="Interagency secure data-exchange gateway."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(
+        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        handler: Callable[[argparse.Namespace], int],
+    ) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=(handler.__doc__ or "").strip().splitlines()[0])
+        sub.set_defaults(handler=handler)
+        return sub
+
+    keys = commands.add_parser("keys", help="agency keys").add_subparsers(dest="sub", required=True)
+    generate = command(keys, "generate", cmd_keys_generate)
+    generate.add_argument("--agency", required=True)
+    generate.add_argument("--dir", required=True)
+    generate.add_argument("--alg", choices=["ed25519", "p256"], default="ed25519")
+    generate.add_argument("--passphrase-env", metavar="VAR")
+    api_key = command(keys, "api-key", cmd_keys_api_key)
+    api_key.add_argument("--key", help="hash this key instead of making a new one")
+
+    registry = commands.add_parser("registry", help="the trust registry").add_subparsers(
+        dest="sub", required=True
+    )
+    sign = command(registry, "sign", cmd_registry_sign)
+    sign.add_argument("source")
+    sign.add_argument("--key", required=True, help="the authority's signing.pem")
+    sign.add_argument("--out", required=True)
+    sign.add_argument("--passphrase-env", metavar="VAR")
+
+    contracts = commands.add_parser("contracts", help="data-sharing contracts").add_subparsers(
+        dest="sub", required=True
+    )
+    csign = command(contracts, "sign", cmd_contracts_sign)
+    csign.add_argument("file")
+    csign.add_argument("--agency", required=True)
+    csign.add_argument("--key", required=True, help="the agency's signing.pem")
+    csign.add_argument("--passphrase-env", metavar="VAR")
+    validate = command(contracts, "validate", cmd_contracts_validate)
+    validate.add_argument("dir")
+    validate.add_argument("--registry", required=True)
+    validate.add_argument(
+        "--authority-key", help="authority public key (default: authority.jwks.json beside it)"
+    )
+    schema = command(contracts, "schema", cmd_contracts_schema)
+    schema.add_argument("--out")
+
+    serve = command(commands, "serve", cmd_serve)
+    serve.add_argument("--config", required=True)
+
+    demo = command(commands, "demo", cmd_demo)
+    demo.add_argument("--dir", help="where to keep keys, registry, contracts and configs")
+    demo.add_argument("--port-base", type=int, default=8100)
+    demo.add_argument("--no-scenario", action="store_true", help="set up and serve only")
+    demo.add_argument("--once", action="store_true", help="run the scenario, print, exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gateway`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.handler(args)
+    except GatewayError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""Exchange envelopes: a signed JWS inside a JWE, both ways (protocol 3.3, 3.4).
+
+Sealing builds the claims, signs them with the sender's key and encrypts the
+JWS to the recipient's first encryption key. Opening applies checks 2-5 of
+3.3 (request) or the consumer's checks of 3.4 (response). Everything here is
+pure: bytes, keys and ``now`` in, claims out or a typed refusal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from gateway.errors import (
+    BindingMismatch,
+    EnvelopeInvalid,
+    JoseError,
+    SignatureInvalid,
+    StaleMessage,
+    UpstreamUnreachable,
+)
+from gateway.jose import (
+    MESSAGE_LIFETIME,
+    UnverifiedJWS,
+    canonical_json,
+    claim_type_problem,
+    decrypt,
+    encrypt,
+    freshness_problem,
+    parse_jws,
+    sign_jwt,
+)
+from gateway.keys import PrivateKey, PublicKey, b64url
+from gateway.tokens import AccessToken, SigningKeyLookup, new_jti, token_hash
+
+REQUEST_JWE_TYP: Final = "exchange-request+jwe"
+REQUEST_JWS_TYP: Final = "exchange-request+jwt"
+RESPONSE_JWE_TYP: Final = "exchange-response+jwe"
+RESPONSE_JWS_TYP: Final = "exchange-response+jwt"
+
+_REQUEST_CLAIMS: Final[Mapping[str, type]] = {
+    "iss": str,
+    "aud": str,
+    "jti": str,
+    "iat": int,
+    "exp": int,
+    "ath": str,
+    "svc": str,
+    "contract": str,
+    "purpose": str,
+    "subject": str,
+    "client": str,
+    "body": dict,
+}
+_RESPONSE_CLAIMS: Final[Mapping[str, type]] = {
+    "iss": str,
+    "aud": str,
+    "jti": str,
+    "iat": int,
+    "exp": int,
+    "in_reply_to": str,
+    "req_hash": str,
+    "status": int,
+    "fields": list,
+    "body": dict,
+    "audit": dict,
+}
+
+
+@dataclass(frozen=True)
+class SealedMessage:
+    """A message ready to send: the JWE, and the inner JWS it wraps (for hashes)."""
+
+    jwe: str
+    jws: str
+    jti: str
+
+
+@dataclass(frozen=True)
+class OpenedMessage:
+    """A decrypted message whose inner signature verified."""
+
+    jws: str
+    claims: Mapping[str, Any]
+    signer: PublicKey
+
+    @property
+    def jti(self) -> str:
+        """The message id."""
+        return str(self.claims["jti"])
+
+    @property
+    def signature(self) -> str:
+        """The sender's signature segment: evidence for the audit record."""
+        return self.jws.rsplit(".", 1)[1]
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The request or released body."""
+        body: dict[str, Any] = self.claims["body"]
+        return body
+
+
+def _seal(
+    claims: Mapping[str, Any],
+    signing_key: PrivateKey,
+    recipient: PublicKey,
+    jws_typ: str,
+    jwe_typ: str,
+) -> SealedMessage:
+    jws = sign_jwt(claims, signing_key, jws_typ)
+    jwe = encrypt(jws.encode("ascii"), recipient, jwe_typ)
+    return SealedMessage(jwe=jwe, jws=jws, jti=str(claims["jti"]))
+
+
+def seal_request(
+    *,
+    consumer: str,
+    provider: str,
+    service: str,
+    contract: str,
+    purpose: str,
+    subject: str,
+    client: str,
+    end_user: str | None,
+    body: Mapping[str, Any],
+    access_token: str,
+    signing_key: PrivateKey,
+    recipient: PublicKey,
+    now: int,
+) -> SealedMessage:
+    """Seal an exchange request (3.3) to the provider's encryption key."""
+    claims: dict[str, Any] = {
+        "iss": consumer,
+        "aud": provider,
+        "jti": new_jti(),
+        "iat": now,
+        "exp": now + MESSAGE_LIFETIME,
+        "ath": token_hash(access_token),
+        "svc": service,
+        "contract": contract,
+        "purpose": purpose,
+        "subject": subject,
+        "client": client,
+        "body": dict(body),
+    }
+    if end_user is not None:
+        claims["end_user"] = end_user
+    return _seal(claims, signing_key, recipient, REQUEST_JWS_TYP, REQUEST_JWE_TYP)
+
+
+def _decrypt_inner(
+    jwe: str, keys: Collection[PrivateKey], jwe_typ: str, jws_typ: str
+) -> UnverifiedJWS:
+    plaintext = decrypt(jwe, keys, jwe_typ)
+    try:
+        inner = plaintext.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise EnvelopeInvalid("the envelope is not valid") from exc
+    return parse_jws(inner, jws_typ)
+
+
+def open_request(
+    jwe: str,
+    *,
+    decryption_keys: Collection[PrivateKey],
+    token: AccessToken,
+    registry: SigningKeyLookup,
+) -> OpenedMessage:
+    """Checks 2 (``envelope-invalid``) and 3 (``signature-invalid``) of protocol 3.3."""
+    try:
+        inner = _decrypt_inner(jwe, decryption_keys, REQUEST_JWE_TYP, REQUEST_JWS_TYP)
+        if inner.kid != token.jkt:
+            raise EnvelopeInvalid(
+                "the envelope is not valid", audit_detail="inner kid is not the token's cnf.jkt"
+            )
+        claims = inner.claims()
+    except JoseError as exc:
+        raise EnvelopeInvalid("the envelope is not valid", audit_detail=str(exc)) from exc
+    problem = claim_type_problem(claims, _REQUEST_CLAIMS)
+    if problem is None and not isinstance(claims.get("end_user", ""), str):
+        problem = "claim 'end_user' has the wrong type"
+    if problem:
+        raise EnvelopeInvalid(f"the request message is not valid: {problem}")
+    key = registry.signing_key(token.consumer, inner.kid)
+    if key is None:
+        raise SignatureInvalid(
+            "the request signature does not verify",
+            audit_detail="the registry does not list that key for an active consumer",
+        )
+    try:
+        inner.verify(key)
+    except JoseError as exc:
+        raise SignatureInvalid(
+            "the request signature does not verify", audit_detail=str(exc)
+        ) from exc
+    return OpenedMessage(jws=inner.compact, claims=claims, signer=key)
+
+
+def check_request_binding(
+    request: OpenedMessage,
+    token: AccessToken,
+    *,
+    provider: str,
+    service: str,
+    subject_field: str | None,
+) -> None:
+    """Check 4 of 3.3 (``binding-mismatch``): the message belongs to its token and path.
+
+    ``subject_field`` is the contract's; ``None`` when the contract is no
+    longer known, which check 7 then refuses.
+    """
+    claims = request.claims
+    mismatches = [
+        ("ath", claims["ath"] == token_hash(token.compact)),
+        ("iss", claims["iss"] == token.consumer),
+        ("aud", claims["aud"] == provider),
+        ("svc", claims["svc"] == service == token.grant.service),
+        ("contract", claims["contract"] == token.grant.contract),
+        ("purpose", claims["purpose"] == token.grant.purpose),
+    ]
+    if subject_field is not None:
+        mismatches.append(("subject", request.body.get(subject_field) == claims["subject"]))
+    for claim, matches in mismatches:
+        if not matches:
+            raise BindingMismatch(f"claim '{claim}' does not match the token or request")
+
+
+def check_fresh(request: OpenedMessage, now: int) -> None:
+    """Check 5 of 3.3 (``stale-message``): the message is fresh, L = 120 s."""
+    stale = freshness_problem(request.claims, now, MESSAGE_LIFETIME)
+    if stale:
+        raise StaleMessage(f"the message is {stale}")
+
+
+def body_hash(body: Mapping[str, Any]) -> str:
+    """Hash of a released body's compact JSON: the provider's ``resp_hash`` evidence."""
+    return b64url(hashlib.sha256(canonical_json(body)).digest())
+
+
+def seal_response(
+    *,
+    provider: str,
+    consumer: str,
+    request: OpenedMessage,
+    status: int,
+    fields: list[str],
+    body: Mapping[str, Any],
+    audit: Mapping[str, Any],
+    signing_key: PrivateKey,
+    recipient: PublicKey,
+    now: int,
+) -> SealedMessage:
+    """Seal an exchange response (3.4) to the consumer's encryption key."""
+    claims = {
+        "iss": provider,
+        "aud": consumer,
+        "jti": new_jti(),
+        "iat": now,
+        "exp": now + MESSAGE_LIFETIME,
+        "in_reply_to": request.jti,
+        "req_hash": token_hash(request.jws),
+        "status": status,
+        "fields": sorted(fields),
+        "body": dict(body),
+        "audit": dict(audit),
+    }
+    return _seal(claims, signing_key, recipient, RESPONSE_JWS_TYP, RESPONSE_JWE_TYP)
+
+
+# Given the released ``fields`` claim and ``body``, the reason they exceed the
+# contract, or None when everything released is within it.
+ReleaseCheck = Callable[[list[str], Mapping[str, Any]], str | None]
+
+
+def open_response(
+    jwe: str,
+    *,
+    decryption_keys: Collection[PrivateKey],
+    registry: SigningKeyLookup,
+    provider: str,
+    consumer: str,
+    request: SealedMessage,
+    within_contract: ReleaseCheck,
+    now: int,
+) -> OpenedMessage:
+    """The consumer's checks of 3.4, before its client sees anything.
+
+    3.0 rules, a signature by a registry key of the provider, ``aud``,
+    freshness, ``in_reply_to``, ``req_hash`` and released fields within the
+    contract. Any failure is ``upstream-unreachable`` (the provider answered
+    badly); the reason goes to the audit log.
+    """
+
+    def refuse(reason: str) -> UpstreamUnreachable:
+        return UpstreamUnreachable(
+            "the provider's response failed verification", audit_detail=reason
+        )
+
+    try:
+        inner = _decrypt_inner(jwe, decryption_keys, RESPONSE_JWE_TYP, RESPONSE_JWS_TYP)
+        key = registry.signing_key(provider, inner.kid)
+        if key is None:
+            raise refuse("response signed by a key the registry does not list for the provider")
+        inner.verify(key)
+        claims = inner.claims()
+    except (JoseError, EnvelopeInvalid) as exc:
+        raise refuse(f"response: {exc}") from exc
+    problem = claim_type_problem(claims, _RESPONSE_CLAIMS) or freshness_problem(
+        claims, now, MESSAGE_LIFETIME
+    )
+    if problem:
+        raise refuse(f"response {problem}")
+    if claims["iss"] != provider or claims["aud"] != consumer:
+        raise refuse("response iss or aud mismatch")
+    if claims["in_reply_to"] != request.jti:
+        raise refuse("in_reply_to is not our request")
+    if claims["req_hash"] != token_hash(request.jws):
+        raise refuse("req_hash is not our request")
+    if not all(isinstance(path, str) for path in claims["fields"]):
+        raise refuse("fields must be strings")
+    leak = within_contract(claims["fields"], claims["body"])
+    if leak:
+        raise refuse(f"released data exceeds the contract: {leak}")
+    return OpenedMessage(jws=inner.compact, claims=claims, signer=key)

@@ -1,0 +1,374 @@
+"""The provider side: token requests and exchange requests from peer gateways.
+
+``/v1/token`` (protocol 3.1) and ``/v1/services/{service}`` (3.3, 3.4). The
+checks run in the protocol's order and stop at the first failure; every
+grant, exchange and refusal is written to the audit log before the answer
+leaves, and nothing is answered when the audit log cannot be written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.audit.records import AuditRecord, new_record_identity, record_time
+from gateway.backend import Backend, BackendRequest
+from gateway.contracts import Contract
+from gateway.envelope import (
+    OpenedMessage,
+    body_hash,
+    check_fresh,
+    check_request_binding,
+    open_request,
+    seal_response,
+)
+from gateway.errors import (
+    ContractDenied,
+    EnvelopeInvalid,
+    PayloadTooLarge,
+    ProblemError,
+    RateLimited,
+    Replay,
+    TokenInvalid,
+    TokenRequestError,
+    UnknownService,
+)
+from gateway.runtime import Runtime
+from gateway.tokens import (
+    CLIENT_ASSERTION_TYPE,
+    GRANT_TYPE,
+    AccessToken,
+    Grant,
+    issue_access_token,
+    parse_authorization_details,
+    token_hash,
+    verify_access_token,
+    verify_client_assertion,
+)
+
+_TOKEN_PARAMETERS = (
+    "grant_type",
+    "client_assertion_type",
+    "client_assertion",
+    "authorization_details",
+)
+
+
+@dataclass
+class ExchangeContext:
+    """What is known so far about one inbound request, for its audit record."""
+
+    started: float
+    service: str | None = None
+    token: AccessToken | None = None
+    request: OpenedMessage | None = None
+    contract: Contract | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def audit_fields(self, runtime: Runtime) -> dict[str, Any]:
+        """The record members this context can fill (never a clear subject or body)."""
+        fields: dict[str, Any] = {
+            "provider": runtime.agency,
+            "service": self.service,
+            "latency_us": int((time.perf_counter() - self.started) * 1_000_000),
+        }
+        if self.token is not None:
+            grant = self.token.grant
+            fields.update(
+                consumer=self.token.consumer,
+                contract=grant.contract,
+                contract_version=grant.contract_version,
+                purpose=grant.purpose,
+            )
+        if self.request is not None:
+            claims = self.request.claims
+            fields.update(
+                jti=self.request.jti,
+                req_hash=token_hash(self.request.jws),
+                evidence=self.request.signature,
+                client=claims["client"],
+                subject=runtime.pseudonymize(claims["subject"]),
+            )
+            if isinstance(claims.get("end_user"), str):
+                fields["end_user"] = runtime.pseudonymize(claims["end_user"])
+        fields.update(self.extra)
+        return fields
+
+
+async def write_audit(runtime: Runtime, **members: Any) -> int:
+    """Build one record from ``members`` and append it durably; its index."""
+    record = AuditRecord(
+        **new_record_identity(),
+        time=record_time(runtime.clock()),
+        **members,
+    )
+    return await runtime.audit.append(record)
+
+
+async def audit_refusal(
+    runtime: Runtime, error: ProblemError, direction: str, members: Mapping[str, Any]
+) -> None:
+    """Record a refusal and put its index on the error (``audit_id``)."""
+    error.audit_id = await write_audit(
+        runtime,
+        kind="refusal",
+        direction=direction,
+        outcome="refused" if error.status < 500 else "error",
+        status=error.status,
+        problem=error.problem,
+        detail=error.audit_detail,
+        **members,
+    )
+
+
+class Provider:
+    """The provider pipeline of one gateway."""
+
+    def __init__(self, runtime: Runtime, backend: Backend) -> None:
+        self.runtime = runtime
+        self.backend = backend
+
+    # -- 3.1 token endpoint ------------------------------------------------
+
+    async def token(self, form: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+        """Answer a token request; ``TokenRequestError`` (audited) on any refusal."""
+        runtime = self.runtime
+        started = time.perf_counter()
+        members: dict[str, Any] = {"provider": runtime.agency}
+        try:
+            body = await self._grant(form, members)
+        except TokenRequestError as exc:
+            exc.audit_id = await write_audit(
+                runtime,
+                kind="refusal",
+                direction="inbound",
+                outcome="refused",
+                status=exc.status,
+                problem=exc.error,
+                detail=exc.audit_detail,
+                latency_us=int((time.perf_counter() - started) * 1_000_000),
+                **members,
+            )
+            raise
+        await write_audit(
+            runtime,
+            kind="token",
+            direction="inbound",
+            outcome="ok",
+            status=200,
+            latency_us=int((time.perf_counter() - started) * 1_000_000),
+            **members,
+        )
+        return body
+
+    async def _grant(
+        self, form: Mapping[str, Sequence[str]], members: dict[str, Any]
+    ) -> dict[str, Any]:
+        runtime = self.runtime
+        for name in _TOKEN_PARAMETERS:
+            values = form.get(name, ())
+            if len(values) != 1 or not values[0]:
+                state = "missing" if not values or not values[0] else "repeated"
+                raise TokenRequestError("invalid_request", f"parameter {name} is {state}")
+        if form["grant_type"][0] != GRANT_TYPE:
+            raise TokenRequestError(
+                "unsupported_grant_type", "grant_type must be client_credentials"
+            )
+        if form["client_assertion_type"][0] != CLIENT_ASSERTION_TYPE:
+            raise TokenRequestError("invalid_request", "client_assertion_type is not jwt-bearer")
+        requested = parse_authorization_details(form["authorization_details"][0])
+        members.update(
+            service=requested.service, contract=requested.contract, purpose=requested.purpose
+        )
+        now = runtime.now()
+        assertion = verify_client_assertion(
+            form["client_assertion"][0], runtime.agency, runtime.trusted(), now
+        )
+        members["consumer"] = assertion.consumer
+        if not await runtime.replay.spend(assertion.consumer, assertion.jti, assertion.exp, now):
+            raise TokenRequestError(
+                "invalid_client", "client authentication failed", audit_detail="assertion replayed"
+            )
+        contract = runtime.contract(requested.contract)
+
+        def refuse(reason: str) -> TokenRequestError:
+            return TokenRequestError("invalid_authorization_details", reason)
+
+        if contract is None:
+            raise refuse("unknown contract")
+        members["contract_version"] = contract.version
+        if (contract.provider, contract.consumer, contract.service) != (
+            runtime.agency,
+            assertion.consumer,
+            requested.service,
+        ):
+            raise refuse("the contract is not between these agencies for this service")
+        if not contract.in_force(now):
+            raise refuse("the contract is not in force")
+        if not contract.allows_purpose(requested.purpose):
+            raise refuse("the contract does not allow this purpose")
+        grant = Grant(
+            contract=contract.id,
+            service=contract.service,
+            purpose=requested.purpose,
+            fields=tuple(contract.fields),
+            contract_version=contract.version,
+        )
+        token = issue_access_token(
+            provider=runtime.agency,
+            key=runtime.keys.signing,
+            consumer=assertion.consumer,
+            jkt=assertion.key.kid,
+            grant=grant,
+            now=now,
+        )
+        return {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "authorization_details": [grant.to_json()],
+        }
+
+    # -- 3.3 / 3.4 exchange ------------------------------------------------
+
+    def check_service(self, service: str, context: ExchangeContext) -> None:
+        """Refuse a service this gateway does not offer (before anything else)."""
+        context.service = service
+        if service not in self.runtime.settings.services:
+            raise UnknownService("this gateway does not offer that service")
+
+    async def refuse(self, error: ProblemError, context: ExchangeContext) -> None:
+        """Audit a refusal of an inbound exchange and count it."""
+        await audit_refusal(self.runtime, error, "inbound", context.audit_fields(self.runtime))
+
+    async def exchange(
+        self,
+        service: str,
+        authorization: str | None,
+        content_type: str | None,
+        jwe: str,
+        context: ExchangeContext,
+    ) -> tuple[str, int]:
+        """Run checks 1-8, the backend and the field filter; the sealed response and index."""
+        runtime = self.runtime
+        now = runtime.now()
+        # 1. token-invalid
+        scheme, _, compact = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not compact:
+            raise TokenInvalid("an Authorization: Bearer access token is required")
+        own_keys = (runtime.keys.signing.public,)
+        token = verify_access_token(compact.strip(), runtime.agency, own_keys, now)
+        context.token = token
+        # 2. envelope-invalid, 3. signature-invalid
+        if (content_type or "").split(";")[0].strip().lower() != "application/jose":
+            raise EnvelopeInvalid("Content-Type must be application/jose")
+        request = open_request(
+            jwe,
+            decryption_keys=runtime.keys.decryption,
+            token=token,
+            registry=runtime.trusted(),
+        )
+        context.request = request
+        # 4. binding-mismatch
+        contract = runtime.contract(token.grant.contract)
+        context.contract = contract
+        check_request_binding(
+            request,
+            token,
+            provider=runtime.agency,
+            service=service,
+            subject_field=contract.subject_field if contract else None,
+        )
+        # 5. stale-message
+        check_fresh(request, now)
+        # 6. replay: from here on the jti is spent, whatever the outcome
+        claims = request.claims
+        if not await runtime.replay.spend(claims["iss"], request.jti, claims["exp"], now):
+            raise Replay("this message id was already used")
+        # 7. contract-denied
+        contract = self._contract_in_force(contract, token, request, now)
+        if len(jwe) > contract.max_request_bytes:
+            raise PayloadTooLarge("the request is larger than the contract allows")
+        # 8. rate-limited
+        limit = contract.rate_limit
+        wait = runtime.rate_limiter.take(contract.id, limit.requests, limit.per_seconds, now)
+        if wait:
+            raise RateLimited("the contract's rate limit is exhausted", retry_after=wait)
+        return await self._answer(service, contract, token, request, context)
+
+    def _contract_in_force(
+        self,
+        contract: Contract | None,
+        token: AccessToken,
+        request: OpenedMessage,
+        now: int,
+    ) -> Contract:
+        if contract is None:
+            raise ContractDenied("the contract is not known to this provider")
+        grant = token.grant
+        if (contract.provider, contract.consumer, contract.service) != (
+            self.runtime.agency,
+            token.consumer,
+            grant.service,
+        ):
+            raise ContractDenied("the contract is not between these agencies for this service")
+        if contract.version != grant.contract_version:
+            raise ContractDenied("the contract was replaced since the token was issued")
+        if not contract.in_force(now):
+            raise ContractDenied("the contract is not in force")
+        if not contract.allows_purpose(grant.purpose):
+            raise ContractDenied("the contract does not allow this purpose")
+        if contract.requires_end_user and not request.claims.get("end_user"):
+            raise ContractDenied("the contract requires an end_user")
+        return contract
+
+    async def _answer(
+        self,
+        service: str,
+        contract: Contract,
+        token: AccessToken,
+        request: OpenedMessage,
+        context: ExchangeContext,
+    ) -> tuple[str, int]:
+        runtime = self.runtime
+        settings = runtime.settings.services[service]
+        answer = await self.backend.call(
+            BackendRequest(
+                url=str(settings.backend_url),
+                timeout=settings.timeout_seconds,
+                body=request.body,
+                consumer=token.consumer,
+                contract=contract.id,
+                purpose=token.grant.purpose,
+                exchange_id=request.jti,
+            )
+        )
+        released = contract.field_filter.apply(answer.body)
+        fields = contract.field_filter.released_paths(released)
+        recipient = runtime.trusted().encryption_key(token.consumer)
+        if recipient is None:
+            raise ContractDenied("the consumer has no encryption key in the registry")
+        context.extra.update(fields=fields, resp_hash=body_hash(released))
+        index = await write_audit(
+            runtime,
+            kind="exchange",
+            direction="inbound",
+            outcome="ok",
+            status=answer.status,
+            **context.audit_fields(runtime),
+        )
+        sealed = seal_response(
+            provider=runtime.agency,
+            consumer=token.consumer,
+            request=request,
+            status=answer.status,
+            fields=fields,
+            body=released,
+            audit={"index": index, "origin": runtime.origin},
+            signing_key=runtime.keys.signing,
+            recipient=recipient,
+            now=runtime.now(),
+        )
+        return sealed.jwe, index

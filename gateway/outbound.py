@@ -1,0 +1,387 @@
+"""The agency side: a client's request through our gateway to a provider (protocol 5).
+
+Authenticate the client, pick the contract, get (or reuse) an access token,
+seal the request, send it, verify the response, audit, and only then hand the
+client the released body. Refusals from the provider are passed through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import aiohttp
+
+from gateway.contracts import Contract
+from gateway.envelope import SealedMessage, open_response, seal_request
+from gateway.errors import (
+    BadRequest,
+    ContractDenied,
+    Forbidden,
+    MalformedJose,
+    ProblemError,
+    TokenInvalid,
+    Unauthorized,
+    UpstreamProblem,
+    UpstreamUnreachable,
+)
+from gateway.inbound import audit_refusal, write_audit
+from gateway.jose import strict_json_object
+from gateway.runtime import Runtime
+from gateway.tokens import (
+    CLIENT_ASSERTION_TYPE,
+    GRANT_TYPE,
+    RequestedGrant,
+    make_client_assertion,
+    token_hash,
+)
+
+# Renew a cached token this long before it expires, so no request races its expiry.
+TOKEN_RENEW_MARGIN_SECONDS: Final = 30
+
+# A peer's answer larger than this is refused rather than buffered.
+MAX_PEER_RESPONSE_BYTES: Final = 32 * 1024 * 1024
+
+# Provider problems after which our cached token must not be used again.
+_TOKEN_DROPPING_PROBLEMS: Final = frozenset({"token-invalid", "contract-denied"})
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    """A client's call to ``/v1/exchange/{provider}/{service}``."""
+
+    api_key: str | None
+    provider: str
+    service: str
+    purpose: str | None
+    contract: str | None
+    end_user: str | None
+    body: bytes
+
+
+@dataclass(frozen=True)
+class ExchangeResult:
+    """What the client gets: the verified body and the ids that trace it."""
+
+    body: dict[str, Any]
+    status: int
+    exchange_id: str
+    contract: str
+    audit_index: int
+    provider_audit_index: int | None
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    """An access token we hold for one (provider, contract, purpose)."""
+
+    compact: str
+    expires_at: int
+
+
+class PeerTransport(Protocol):
+    """How we reach peer gateways: one pooled session in production."""
+
+    async def post(
+        self, url: str, *, data: bytes | Mapping[str, str], headers: Mapping[str, str]
+    ) -> tuple[int, str, bytes, Mapping[str, str]]:
+        """POST; (status, content type, body, headers), or ``UpstreamUnreachable``."""
+
+
+class HttpPeerTransport:
+    """Peer gateways over HTTP through one shared aiohttp session."""
+
+    def __init__(self, session: aiohttp.ClientSession, timeout: float) -> None:
+        self._session = session
+        self._timeout = timeout
+
+    async def post(
+        self, url: str, *, data: bytes | Mapping[str, str], headers: Mapping[str, str]
+    ) -> tuple[int, str, bytes, Mapping[str, str]]:
+        """POST within the upstream timeout; network failures are ``upstream-unreachable``."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._session.post(
+                    url, data=data, headers=dict(headers), allow_redirects=False
+                ) as response:
+                    raw = await response.content.read(MAX_PEER_RESPONSE_BYTES + 1)
+                    return (
+                        response.status,
+                        response.content_type,
+                        raw,
+                        dict(response.headers),
+                    )
+        except TimeoutError as exc:
+            raise UpstreamUnreachable("the provider gateway did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnreachable(
+                "the provider gateway could not be reached", audit_detail=type(exc).__name__
+            ) from exc
+
+
+@dataclass
+class Consumer:
+    """The consumer pipeline of one gateway."""
+
+    runtime: Runtime
+    transport: PeerTransport
+    _tokens: dict[tuple[str, str, str], CachedToken] = field(default_factory=dict)
+    _token_locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
+
+    async def exchange(self, call: ClientRequest) -> ExchangeResult:
+        """Run one exchange for a client; a ``ProblemError`` (audited) on refusal."""
+        started = time.perf_counter()
+        members: dict[str, Any] = {
+            "consumer": self.runtime.agency,
+            "provider": call.provider,
+            "service": call.service,
+            "purpose": call.purpose,
+        }
+        try:
+            return await self._exchange(call, members, started)
+        except ProblemError as exc:
+            members["latency_us"] = int((time.perf_counter() - started) * 1_000_000)
+            if isinstance(exc, UpstreamProblem):
+                members["detail"] = f"provider refused: {exc.problem}"
+            await audit_refusal(self.runtime, exc, "outbound", members)
+            raise
+
+    async def _exchange(
+        self, call: ClientRequest, members: dict[str, Any], started: float
+    ) -> ExchangeResult:
+        runtime = self.runtime
+        client = runtime.settings.client_for_key(call.api_key) if call.api_key else None
+        if client is None:
+            raise Unauthorized("a valid client API key is required")
+        members["client"] = client
+        if not call.purpose:
+            raise BadRequest("the X-Purpose header is required")
+        try:
+            body = strict_json_object(call.body)
+        except MalformedJose as exc:
+            raise BadRequest(f"the request body must be a JSON object of integers: {exc}") from exc
+        contract = self._choose_contract(client, call)
+        members.update(contract=contract.id, contract_version=contract.version)
+        subject = body.get(contract.subject_field)
+        if not isinstance(subject, str) or not subject:
+            raise BadRequest(f"the body must name the subject in '{contract.subject_field}'")
+        members["subject"] = runtime.pseudonymize(subject)
+        if call.end_user:
+            members["end_user"] = runtime.pseudonymize(call.end_user)
+        elif contract.requires_end_user:
+            raise BadRequest("the X-End-User header is required by this contract")
+        registry = runtime.trusted()
+        provider_url = registry.gateway_url(call.provider)
+        recipient = registry.encryption_key(call.provider)
+        if provider_url is None or recipient is None or not registry.is_active(call.provider):
+            raise ContractDenied("the provider is not an active agency in the trust registry")
+        grant = RequestedGrant(contract=contract.id, service=call.service, purpose=call.purpose)
+        for attempt in range(2):
+            token = await self._token(provider_url, call.provider, grant)
+            sealed = seal_request(
+                consumer=runtime.agency,
+                provider=call.provider,
+                service=call.service,
+                contract=contract.id,
+                purpose=call.purpose,
+                subject=subject,
+                client=client,
+                end_user=call.end_user or None,
+                body=body,
+                access_token=token,
+                signing_key=runtime.keys.signing,
+                recipient=recipient,
+                now=runtime.now(),
+            )
+            members.update(jti=sealed.jti, req_hash=token_hash(sealed.jws))
+            try:
+                return await self._send(
+                    provider_url=provider_url,
+                    call=call,
+                    contract=contract,
+                    token=token,
+                    sealed=sealed,
+                    members=members,
+                    started=started,
+                )
+            except UpstreamProblem as exc:
+                if exc.problem in _TOKEN_DROPPING_PROBLEMS:
+                    self._tokens.pop((call.provider, grant.contract, grant.purpose), None)
+                # A token the provider no longer accepts (rotated key, replaced
+                # contract) is renewed once; any other refusal is final.
+                if exc.problem != "token-invalid" or attempt == 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _choose_contract(self, client: str, call: ClientRequest) -> Contract:
+        runtime = self.runtime
+        allowed = set(runtime.settings.clients[client].contracts)
+        now = runtime.now()
+        if call.contract:
+            if call.contract not in allowed:
+                raise Forbidden("this client may not use that contract")
+            contract = runtime.contract(call.contract)
+            if contract is None or (contract.consumer, contract.provider, contract.service) != (
+                runtime.agency,
+                call.provider,
+                call.service,
+            ):
+                raise ContractDenied("no such contract with that provider for that service")
+            if not contract.in_force(now):
+                raise ContractDenied("the contract is not in force")
+            if not contract.allows_purpose(call.purpose or ""):
+                raise ContractDenied("the contract does not allow this purpose")
+            return contract
+        fitting = [
+            contract
+            for contract in runtime.contracts.current.between(
+                provider=call.provider, consumer=runtime.agency, service=call.service
+            )
+            if contract.in_force(now) and contract.allows_purpose(call.purpose or "")
+        ]
+        usable = [contract for contract in fitting if contract.id in allowed]
+        if not fitting:
+            raise ContractDenied("no contract in force allows this purpose for that service")
+        if not usable:
+            raise Forbidden("this client may not use the contract that fits")
+        if len(usable) > 1:
+            raise BadRequest("several contracts fit: name one with the X-Contract header")
+        return usable[0]
+
+    async def _token(self, provider_url: str, provider: str, grant: RequestedGrant) -> str:
+        key = (provider, grant.contract, grant.purpose)
+        lock = self._token_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            cached = self._tokens.get(key)
+            if cached and cached.expires_at - TOKEN_RENEW_MARGIN_SECONDS > self.runtime.now():
+                return cached.compact
+            fresh = await self._request_token(provider_url, provider, grant)
+            self._tokens[key] = fresh
+            return fresh.compact
+
+    async def _request_token(
+        self, provider_url: str, provider: str, grant: RequestedGrant
+    ) -> CachedToken:
+        runtime = self.runtime
+        now = runtime.now()
+        form = {
+            "grant_type": GRANT_TYPE,
+            "client_assertion_type": CLIENT_ASSERTION_TYPE,
+            "client_assertion": make_client_assertion(
+                runtime.agency, provider, runtime.keys.signing, now
+            ),
+            "authorization_details": json.dumps([grant.to_json()]),
+        }
+        status, _, raw, _ = await self.transport.post(
+            f"{provider_url}/v1/token", data=form, headers={"Accept": "application/json"}
+        )
+        try:
+            answer = json.loads(raw)
+        except ValueError as exc:
+            raise UpstreamUnreachable("the provider's token endpoint answered badly") from exc
+        if not isinstance(answer, dict):
+            raise UpstreamUnreachable("the provider's token endpoint answered badly")
+        if status != 200:
+            error = str(answer.get("error", "unknown"))
+            if error == "invalid_authorization_details":
+                raise ContractDenied(
+                    "the provider refused a token for this contract and purpose",
+                    audit_detail=f"token endpoint: {error}",
+                )
+            raise TokenInvalid(
+                f"the provider refused our token request ({error})",
+                audit_detail=f"token endpoint: {error}",
+            )
+        token, expires_in = answer.get("access_token"), answer.get("expires_in")
+        if not isinstance(token, str) or not isinstance(expires_in, int) or expires_in <= 0:
+            raise UpstreamUnreachable("the provider's token endpoint answered badly")
+        return CachedToken(compact=token, expires_at=now + min(expires_in, 300))
+
+    async def _send(
+        self,
+        *,
+        provider_url: str,
+        call: ClientRequest,
+        contract: Contract,
+        token: str,
+        sealed: SealedMessage,
+        members: dict[str, Any],
+        started: float,
+    ) -> ExchangeResult:
+        runtime = self.runtime
+        status, content_type, raw, headers = await self.transport.post(
+            f"{provider_url}/v1/services/{call.service}",
+            data=sealed.jwe.encode("ascii"),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/jose"},
+        )
+        if status != 200:
+            raise _upstream_problem(status, content_type, raw, headers)
+        if content_type != "application/jose":
+            raise UpstreamUnreachable("the provider answered with the wrong media type")
+        try:
+            compact = raw.decode("ascii").strip()
+        except UnicodeDecodeError as exc:
+            raise UpstreamUnreachable("the provider answered badly") from exc
+
+        def within_contract(fields: list[str], body: Mapping[str, Any]) -> str | None:
+            if not contract.field_filter.permits(fields):
+                return "fields outside the contract"
+            leaks = contract.field_filter.leaks(dict(body))
+            return f"{len(leaks)} unlisted paths in the body" if leaks else None
+
+        response = open_response(
+            compact,
+            decryption_keys=runtime.keys.decryption,
+            registry=runtime.trusted(),
+            provider=call.provider,
+            consumer=runtime.agency,
+            request=sealed,
+            within_contract=within_contract,
+            now=runtime.now(),
+        )
+        claims = response.claims
+        provider_index = claims["audit"].get("index")
+        members.update(
+            fields=list(claims["fields"]),
+            resp_hash=token_hash(response.jws),
+            evidence=response.signature,
+            latency_us=int((time.perf_counter() - started) * 1_000_000),
+        )
+        index = await write_audit(
+            runtime,
+            kind="exchange",
+            direction="outbound",
+            outcome="ok",
+            status=claims["status"],
+            **members,
+        )
+        return ExchangeResult(
+            body=response.body,
+            status=claims["status"],
+            exchange_id=sealed.jti,
+            contract=contract.id,
+            audit_index=index,
+            provider_audit_index=provider_index if isinstance(provider_index, int) else None,
+        )
+
+
+def _upstream_problem(
+    status: int, content_type: str, raw: bytes, headers: Mapping[str, str]
+) -> ProblemError:
+    """The provider's refusal as a passed-through problem, or ``upstream-unreachable``."""
+    if content_type == "application/problem+json":
+        try:
+            document = json.loads(raw)
+        except ValueError:
+            document = None
+        if isinstance(document, dict) and isinstance(document.get("type"), str):
+            retry = headers.get("Retry-After", "")
+            return UpstreamProblem(
+                {**document, "status": status},
+                retry_after=int(retry) if retry.isdigit() else None,
+            )
+    return UpstreamUnreachable(f"the provider answered with status {status}")
