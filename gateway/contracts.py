@@ -60,13 +60,12 @@ MAX_JWS_LENGTH: Final = 2048
 # RFC 8785 numbers are IEEE doubles: larger integers would not survive canonicalisation.
 MAX_SAFE_INTEGER: Final = 2**53 - 1
 
-_RFC3339_UTC: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 _UTC_PATTERN: Final = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
 
 
 def _utc_instant(value: object) -> datetime:
     # YAML turns an unquoted timestamp into a datetime; a quoted one stays text.
-    if isinstance(value, str) and _RFC3339_UTC.fullmatch(value):
+    if isinstance(value, str) and re.fullmatch(_UTC_PATTERN, value):
         value = datetime.fromisoformat(value)
     if not isinstance(value, datetime):
         raise ValueError("must be a UTC date-time written like 2026-01-01T00:00:00Z")
@@ -335,7 +334,8 @@ class _ContractYamlLoader(yaml.SafeLoader):
     """The safe loader, refusing what a signed document must not be ambiguous about.
 
     Duplicate keys (YAML keeps the last one silently; another party's parser
-    may keep the first) and aliases (which also allow "billion laughs").
+    may keep the first), merge keys (YAML 1.2 parsers do not know them) and
+    aliases (which also allow "billion laughs").
     """
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
@@ -347,12 +347,18 @@ class _ContractYamlLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[tuple[str, str]] = set()
         for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                if (key_node.tag, key_node.value) in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
-                    )
-                seen.add((key_node.tag, key_node.value))
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # the safe constructor refuses non-scalar keys itself
+            problem = (
+                "merge keys (<<) are not allowed"
+                if key_node.tag.endswith(":merge")
+                else f"duplicate key {key_node.value!r}"
+                if (key_node.tag, key_node.value) in seen
+                else None
+            )
+            if problem:
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            seen.add((key_node.tag, key_node.value))
         return super().construct_mapping(node, deep=deep)
 
 
@@ -370,8 +376,13 @@ _READABLE: Final[Mapping[str, str]] = {
 
 
 def _validation_problems(source: str, error: ValidationError) -> list[ContractProblem]:
+    errors = error.errors(include_url=False, include_input=False)
+    parents = {item["loc"][:n] for item in errors for n in range(1, len(item["loc"]))}
     problems = []
-    for item in error.errors(include_url=False, include_input=False):
+    for item in errors:
+        # Pydantic also counts a list "too short" when only its invalid items were dropped.
+        if item["type"] == "too_short" and item["loc"] in parents:
+            continue
         reason = _READABLE.get(item["type"], item["msg"]).removeprefix("Value error, ")
         reason = reason.replace("Tuple should", "List should")  # YAML has lists, not tuples
         problems.append(ContractProblem(source, _location(item["loc"]), reason))
@@ -448,9 +459,6 @@ class ContractSet:
     def __iter__(self) -> Iterator[Contract]:
         return iter(self._by_id.values())
 
-    def __contains__(self, contract_id: object) -> bool:
-        return contract_id in self._by_id
-
     def get(self, contract_id: str) -> Contract | None:
         """The contract with ``contract_id``, or None."""
         return self._by_id.get(contract_id)
@@ -511,9 +519,12 @@ def load_contract_dir(
         problems.extend(found)
         if contract is not None:
             parsed.append((str(path), contract))
+    sources: dict[str, list[str]] = {}
+    for source, contract in parsed:
+        sources.setdefault(contract.id, []).append(source)
     kept = []
     for source, contract in parsed:
-        others = [other for other, c in parsed if c.id == contract.id and other != source]
+        others = [other for other in sources[contract.id] if other != source]
         if others:
             reason = f"contract id {contract.id!r} is also declared in {', '.join(others)}"
             problems.append(ContractProblem(source, "id", reason + "; neither file is loaded"))

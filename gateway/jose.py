@@ -231,11 +231,15 @@ def encrypt(plaintext: bytes, recipient: PublicKey, typ: str) -> str:
     if recipient.use != "enc":
         raise MalformedJose("recipient key is not an encryption key")
     header = {"alg": ENC_ALG, "enc": ENC_ENC, "kid": recipient.kid, "cty": "JWT", "typ": typ}
-    return str(
-        jwe.encrypt_compact(
-            header, plaintext, _joserfc_key(recipient), algorithms=[ENC_ALG, ENC_ENC]
+    try:
+        return str(
+            jwe.encrypt_compact(
+                header, plaintext, _joserfc_key(recipient), algorithms=[ENC_ALG, ENC_ENC]
+            )
         )
-    )
+    except ValueError as exc:
+        # A low-order X25519 recipient key yields no shared secret.
+        raise MalformedJose("cannot encrypt to that key") from exc
 
 
 @dataclass(frozen=True)
@@ -252,15 +256,27 @@ def check_jwe_header(compact: object, keys: Collection[PrivateKey], expected_typ
     _check_common_header(header, expected_typ)
     if header.get("alg") != ENC_ALG or header.get("enc") != ENC_ENC:
         raise MalformedJose(f"alg/enc must be {ENC_ALG}/{ENC_ENC}")
-    if not isinstance(header.get("epk"), Mapping):
+    epk = header.get("epk")
+    if not isinstance(epk, Mapping):
         raise MalformedJose("epk missing")
     cty = header.get("cty")
     if cty is not None and normalize_typ(cty) != "jwt":
         raise MalformedJose("cty must be JWT")
     for key in keys:
         if key.kid == header["kid"]:
+            _check_epk(epk, key)
             return JWEHeader(header=header, key=key)
     raise MalformedJose("kid is not one of our encryption keys")
+
+
+def _check_epk(epk: Mapping[str, Any], key: PrivateKey) -> None:
+    # The libraries read the epk as our key's type whatever its kty says;
+    # an epk that claims another type is refused (Wycheproof x25519_jwk 524-527).
+    expected = {name: key.public.jwk[name] for name in ("kty", "crv")}
+    if {name: epk.get(name) for name in expected} != expected:
+        raise MalformedJose("epk is not a key of the recipient key's type")
+    if "d" in epk:
+        raise MalformedJose("epk carries a private key")
 
 
 def decrypt(compact: object, keys: Collection[PrivateKey], expected_typ: str) -> bytes:

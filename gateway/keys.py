@@ -71,6 +71,9 @@ def thumbprint(jwk: Mapping[str, Any]) -> str:
         members = ("crv", "kty", "x", "y")
     else:
         raise ValueError(f"unsupported kty {kty!r}")
+    missing = [name for name in members if not isinstance(jwk.get(name), str)]
+    if missing:
+        raise ValueError(f"JWK member {missing[0]!r} missing")
     required = {name: jwk[name] for name in members}
     canonical = json.dumps(required, separators=(",", ":"), sort_keys=True)
     return b64url(hashlib.sha256(canonical.encode("utf-8")).digest())

@@ -17,7 +17,7 @@ from typing import Any
 from gateway.audit import AuditLog, Pseudonymizer, open_audit_log
 from gateway.audit.records import load_audit_key
 from gateway.config import GatewaySettings
-from gateway.contracts import Contract, ContractSet, load_contract_dir
+from gateway.contracts import Contract, ContractSet, load_contract_dir, verify_signatures
 from gateway.errors import SetupError
 from gateway.keys import AgencyKeys, load_agency_keys, load_public_key_file
 from gateway.observability import GatewayMetrics, get_logger
@@ -99,12 +99,17 @@ class Runtime:
         state.stamp, state.registry_serial = stamp, serial
         problems = tuple(str(problem) for problem in loaded.problems)
         if problems:
-            # A half-edited or bad file must not change what is enforced.
+            # A half-edited or bad file must not change what is enforced, but a
+            # contract whose signer the registry no longer trusts leaves force now.
             state.problems = problems
             state.reload_failures += 1
             self.metrics.reload_failures.labels(source="contracts").inc()
             for problem in problems:
                 log.warning("contract_refused", problem=problem)
+            keys_of = self.trusted().signing_keys
+            state.current = ContractSet.of(
+                contract for contract in state.current if not verify_signatures(contract, keys_of)
+            )
             return
         state.current, state.problems = loaded.contracts, ()
         self.rate_limiter.retain(set(loaded.contracts.ids()))

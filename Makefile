@@ -1,0 +1,35 @@
+# The whole set-up on a fresh machine with only python3: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: a live three-agency network on this machine (Ctrl-C stops it)
+demo: $(STAMP)
+	$(BIN)/gateway demo $(DEMO_ARGS)
+
+## test: lint, format check, strict types, and the test suite with branch coverage
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway tests
+	$(BIN)/ruff format --check gateway tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict gateway
+
+unit: $(STAMP)
+	$(BIN)/pytest --cov=gateway --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=85 -p no:cacheprovider $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .coverage .hypothesis
