@@ -15,6 +15,7 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
+from gateway.bodies import read_bounded
 from gateway.errors import BackendError, BackendTimeout, MalformedJose
 from gateway.jose import strict_json_object
 
@@ -69,7 +70,7 @@ class HttpBackend:
                 async with self._session.post(
                     request.url, json=dict(request.body), headers=headers
                 ) as response:
-                    raw = await response.content.read(MAX_BACKEND_RESPONSE_BYTES + 1)
+                    raw = await read_bounded(response.content, MAX_BACKEND_RESPONSE_BYTES)
                     status = response.status
         except TimeoutError as exc:
             raise BackendTimeout("the backend did not answer in time") from exc
@@ -77,7 +78,7 @@ class HttpBackend:
             raise BackendError(
                 "the backend could not be reached", audit_detail=type(exc).__name__
             ) from exc
-        if len(raw) > MAX_BACKEND_RESPONSE_BYTES:
+        if raw is None:
             raise BackendError("the backend answer is too large")
         if status >= 500:
             raise BackendError(f"the backend failed with status {status}")

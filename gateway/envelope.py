@@ -232,7 +232,7 @@ def check_fresh(request: OpenedMessage, now: int) -> None:
     """Check 5 of 3.3 (``stale-message``): the message is fresh, L = 120 s."""
     stale = freshness_problem(request.claims, now, MESSAGE_LIFETIME)
     if stale:
-        raise StaleMessage(f"the message is {stale}")
+        raise StaleMessage(f"the message is not fresh: {stale}")
 
 
 def body_hash(body: Mapping[str, Any]) -> str:

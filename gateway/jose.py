@@ -16,6 +16,10 @@ from typing import Any, Final, TypeGuard
 
 from cryptography.exceptions import InvalidKey, InvalidTag
 from cryptography.hazmat.primitives.asymmetric import ec
+from joserfc import jwe
+from joserfc.errors import JoseError as JoserfcError
+from joserfc.jwe import JWERegistry
+from joserfc.jwk import ECKey, OKPKey
 from jwt.algorithms import Algorithm, ECAlgorithm, OKPAlgorithm
 from jwt.exceptions import InvalidKeyError
 
@@ -202,8 +206,6 @@ def attach_payload(detached: str, payload: bytes) -> str:
 
 
 def _joserfc_key(key: PublicKey | PrivateKey) -> Any:
-    from joserfc.jwk import ECKey, OKPKey  # noqa: PLC0415 - keep joserfc out of import time
-
     cached = _JOSERFC_KEYS.get((key.kid, isinstance(key, PrivateKey)))
     if cached is not None:
         return cached
@@ -219,23 +221,26 @@ def _joserfc_key(key: PublicKey | PrivateKey) -> Any:
     return imported
 
 
+class _GatewayJWERegistry(JWERegistry):
+    # joserfc caps ciphertext at 64 KiB by default; our bound is the compact
+    # size limit, enforced before parsing (and the body limits before that).
+    max_ciphertext_length = MAX_COMPACT_BYTES
+
+
 # Importing a key into joserfc costs more than using it; keys are few.
 _JOSERFC_CACHE_SIZE: Final = 4096
 _JOSERFC_KEYS: dict[tuple[str, bool], Any] = {}
+_JWE_REGISTRY: Final = _GatewayJWERegistry(algorithms=[ENC_ALG, ENC_ENC])
 
 
 def encrypt(plaintext: bytes, recipient: PublicKey, typ: str) -> str:
     """A compact JWE (``ECDH-ES+A256KW``, ``A256GCM``) of ``plaintext`` to ``recipient``."""
-    from joserfc import jwe  # noqa: PLC0415
-
     if recipient.use != "enc":
         raise MalformedJose("recipient key is not an encryption key")
     header = {"alg": ENC_ALG, "enc": ENC_ENC, "kid": recipient.kid, "cty": "JWT", "typ": typ}
     try:
         return str(
-            jwe.encrypt_compact(
-                header, plaintext, _joserfc_key(recipient), algorithms=[ENC_ALG, ENC_ENC]
-            )
+            jwe.encrypt_compact(header, plaintext, _joserfc_key(recipient), registry=_JWE_REGISTRY)
         )
     except ValueError as exc:
         # A low-order X25519 recipient key yields no shared secret.
@@ -281,13 +286,10 @@ def _check_epk(epk: Mapping[str, Any], key: PrivateKey) -> None:
 
 def decrypt(compact: object, keys: Collection[PrivateKey], expected_typ: str) -> bytes:
     """Decrypt a compact JWE addressed to one of ``keys``; any failure is ``MalformedJose``."""
-    from joserfc import jwe  # noqa: PLC0415
-    from joserfc.errors import JoseError as JoserfcError  # noqa: PLC0415
-
     checked = check_jwe_header(compact, keys, expected_typ)
     try:
         result = jwe.decrypt_compact(
-            str(compact), _joserfc_key(checked.key), algorithms=[ENC_ALG, ENC_ENC]
+            str(compact), _joserfc_key(checked.key), registry=_JWE_REGISTRY
         )
     except (JoserfcError, InvalidTag, InvalidKey, ValueError, TypeError, KeyError) as exc:
         raise MalformedJose(f"does not decrypt: {type(exc).__name__}") from exc

@@ -274,10 +274,14 @@ def private_key_pem(key: PrivateKey, passphrase: bytes | None) -> bytes:
 
 def write_private_file(path: Path, data: bytes) -> None:
     """Write ``data`` to a new file created with mode 0600 (never world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        raise SetupError(str(path), "refusing to overwrite an existing key file")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: never overwrite a key, never follow a link planted at its path.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise SetupError(str(path), "refusing to overwrite an existing file") from exc
+    except OSError as exc:
+        raise SetupError(str(path), f"cannot create the key file ({exc.strerror})") from exc
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
 

@@ -16,6 +16,7 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
+from gateway.bodies import read_bounded
 from gateway.contracts import Contract
 from gateway.envelope import SealedMessage, open_response, seal_request
 from gateway.errors import (
@@ -108,7 +109,9 @@ class HttpPeerTransport:
                 async with self._session.post(
                     url, data=data, headers=dict(headers), allow_redirects=False
                 ) as response:
-                    raw = await response.content.read(MAX_PEER_RESPONSE_BYTES + 1)
+                    raw = await read_bounded(response.content, MAX_PEER_RESPONSE_BYTES)
+                    if raw is None:
+                        raise UpstreamUnreachable("the provider's answer is too large")
                     return (
                         response.status,
                         response.content_type,

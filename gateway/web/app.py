@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.backend import HttpBackend
+from gateway.bodies import read_bounded
 from gateway.errors import (
     AuditUnavailable,
     Overloaded,
@@ -98,8 +99,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def _read_limited(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
+    body = await read_bounded(request.content, limit)
+    if body is None:
         raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
     return body
 

@@ -1,0 +1,22 @@
+"""Reading whole HTTP bodies, however they arrive, within a size bound.
+
+``StreamReader.read(n)`` returns what has arrived so far, not ``n`` bytes: a
+body sent in several writes would be cut short. Every body the gateway reads
+(from a client, a peer gateway or a backend) goes through here instead.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+
+async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it exceeds ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in stream.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
