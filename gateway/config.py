@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.errors import SetupError
+from gateway.yamlfiles import load_strict_yaml
 
 ENV_PREFIX: Final = "GATEWAY_"
 MAX_CONFIG_BYTES: Final = 1024 * 1024
@@ -228,7 +229,7 @@ def load_settings(path: Path) -> GatewaySettings:
     if len(raw) > MAX_CONFIG_BYTES:
         raise SetupError(str(path), "the config file is too large")
     try:
-        data: Any = yaml.safe_load(raw)
+        data: Any = load_strict_yaml(raw)
     except yaml.YAMLError as exc:
         raise SetupError(str(path), f"not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -44,6 +44,7 @@ from gateway.errors import JoseError, SetupError
 from gateway.fields import FIELD_PATH_PATTERN, MAX_PATH_LENGTH, FieldFilter, parse_field_path
 from gateway.jose import MAX_COMPACT_BYTES, attach_payload, detached_signature, parse_jws
 from gateway.keys import PrivateKey, PublicKey
+from gateway.yamlfiles import load_strict_yaml
 
 ID_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{1,62}$"
 CONTRACT_ID_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{1,127}$"
@@ -330,38 +331,6 @@ class ContractProblem:
         return SetupError(self.source, self.reason, field=self.field)
 
 
-class _ContractYamlLoader(yaml.SafeLoader):
-    """The safe loader, refusing what a signed document must not be ambiguous about.
-
-    Duplicate keys (YAML keeps the last one silently; another party's parser
-    may keep the first), merge keys (YAML 1.2 parsers do not know them) and
-    aliases (which also allow "billion laughs").
-    """
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]  # untyped stub
-            raise yaml.composer.ComposerError(None, None, "aliases are not allowed", mark)
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[tuple[str, str]] = set()
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                continue  # the safe constructor refuses non-scalar keys itself
-            problem = (
-                "merge keys (<<) are not allowed"
-                if key_node.tag.endswith(":merge")
-                else f"duplicate key {key_node.value!r}"
-                if (key_node.tag, key_node.value) in seen
-                else None
-            )
-            if problem:
-                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
-            seen.add((key_node.tag, key_node.value))
-        return super().construct_mapping(node, deep=deep)
-
-
 def _location(loc: tuple[int | str, ...]) -> str | None:
     dotted = ""
     for part in loc:
@@ -404,7 +373,7 @@ def check_contract_file(path: Path) -> tuple[Contract | None, tuple[ContractProb
         reason = f"larger than {MAX_CONTRACT_FILE_BYTES} bytes"
         return None, (ContractProblem(source, None, reason),)
     try:
-        document = yaml.load(data, Loader=_ContractYamlLoader)  # noqa: S506 - a SafeLoader subclass
+        document = load_strict_yaml(data)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

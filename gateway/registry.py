@@ -36,6 +36,7 @@ from gateway.jose import (
     strict_json_object,
 )
 from gateway.keys import PrivateKey, PublicKey, jwks_document, parse_jwks
+from gateway.yamlfiles import load_strict_yaml
 
 REGISTRY_TYP: Final = "registry+jwt"
 DEFAULT_ISS: Final = "registry-authority"
@@ -232,32 +233,10 @@ def _read_bounded(path: Path, limit: int) -> bytes:
     return data
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses duplicate keys, which YAML would silently overwrite."""
-
-
-def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[str] = set()
-    for key_node, _ in node.value:
-        if isinstance(key_node, yaml.ScalarNode):
-            if key_node.value in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
-                )
-            seen.add(key_node.value)
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
-)
-
-
 def _load_source(path: Path) -> _Source:
     data = _read_bounded(path, MAX_REGISTRY_BYTES)
     try:
-        document = yaml.load(data, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        document = load_strict_yaml(data)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -144,7 +144,7 @@ def parse_authorization_details(text: str) -> RequestedGrant:
         raise TokenRequestError("invalid_request", "authorization_details is too large")
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise TokenRequestError("invalid_request", "authorization_details is not JSON") from exc
     if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], dict):
         raise TokenRequestError(

@@ -14,6 +14,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Final, Literal
 
+import rfc8785
 from pydantic import BaseModel, ConfigDict
 
 from gateway.errors import SetupError
@@ -59,8 +60,8 @@ class AuditRecord(BaseModel):
     latency_us: int | None = None
 
     def leaf_bytes(self) -> bytes:
-        """The stored bytes: compact JSON without absent members."""
-        return self.model_dump_json(exclude_none=True).encode("utf-8")
+        """The stored bytes: RFC 8785 (JCS) canonical JSON without absent members."""
+        return bytes(rfc8785.dumps(self.model_dump(exclude_none=True)))
 
 
 def record_time(now: float) -> str:

@@ -145,15 +145,16 @@ class SqliteAuditLog:
 
     async def read(self, index: int) -> bytes:
         """The leaf bytes of record ``index``; ``KeyError`` if there is none."""
+        if self._conn is None:
+            raise KeyError(index)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._read_sync, index)
 
     def _read_sync(self, index: int) -> bytes:
-        if self._conn is None:
+        conn = self._conn
+        if conn is None:  # closed while the read waited for the writer thread
             raise KeyError(index)
-        row = self._conn.execute(
-            "SELECT leaf FROM audit_records WHERE idx = ?", (index,)
-        ).fetchone()
+        row = conn.execute("SELECT leaf FROM audit_records WHERE idx = ?", (index,)).fetchone()
         if row is None:
             raise KeyError(index)
         return bytes(row[0])

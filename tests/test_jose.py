@@ -1,0 +1,723 @@
+"""The strict JOSE layer: header rules, JSON rules, signatures, JWE, freshness (protocol 3.0)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from gateway.errors import BadSignature, JoseError, MalformedJose
+from gateway.jose import (
+    ACCESS_TOKEN_LIFETIME,
+    CLIENT_ASSERTION_LIFETIME,
+    CLOCK_SKEW_SECONDS,
+    MAX_COMPACT_BYTES,
+    MAX_HEADER_BYTES,
+    MESSAGE_LIFETIME,
+    REFUSED_HEADERS,
+    attach_payload,
+    canonical_json,
+    check_jwe_header,
+    claim_type_problem,
+    decrypt,
+    detached_signature,
+    encrypt,
+    freshness_problem,
+    is_int,
+    normalize_typ,
+    parse_jws,
+    sign_jws,
+    sign_jwt,
+    strict_json_object,
+)
+from gateway.keys import (
+    ENC_ALG,
+    ENC_ENC,
+    KeyAlgorithm,
+    PrivateKey,
+    b64url,
+    b64url_decode,
+    generate_private_keys,
+)
+
+TYP = "exchange-request+jwt"
+JWE_TYP = "exchange-request+jwe"
+
+
+def generate(alg: KeyAlgorithm = "ed25519", index: int = 0) -> PrivateKey:
+    """A fresh key (signing by default, ``index`` 1 for encryption)."""
+    return generate_private_keys(alg)[index]
+
+
+def raw_signature(key: PrivateKey, data: bytes) -> bytes:
+    """The JOSE signature of ``data`` with ``key``, made with ``cryptography`` directly."""
+    native = key.key
+    if isinstance(native, Ed25519PrivateKey):
+        return native.sign(data)
+    assert isinstance(native, ec.EllipticCurvePrivateKey)
+    r, s = decode_dss_signature(native.sign(data, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def make_jws(
+    header: dict[str, Any] | bytes,
+    key: PrivateKey,
+    payload: bytes = b'{"iss":"a"}',
+) -> str:
+    """A compact JWS with exactly ``header`` (a dict, or raw JSON bytes), signed by ``key``."""
+    header_bytes = header if isinstance(header, bytes) else json.dumps(header).encode()
+    signing_input = f"{b64url(header_bytes)}.{b64url(payload)}"
+    return f"{signing_input}.{b64url(raw_signature(key, signing_input.encode('ascii')))}"
+
+
+def header_for(key: PrivateKey, **changes: Any) -> dict[str, Any]:
+    """The normal header for ``key`` with ``changes`` (None removes a member)."""
+    header: dict[str, Any] = {"typ": TYP, "alg": key.alg, "kid": key.kid}
+    for name, value in changes.items():
+        if value is None:
+            header.pop(name, None)
+        else:
+            header[name] = value
+    return header
+
+
+def replace_segment(compact: str, index: int, segment: str) -> str:
+    """``compact`` with segment ``index`` replaced."""
+    parts = compact.split(".")
+    parts[index] = segment
+    return ".".join(parts)
+
+
+def flip(segment: str, position: int = 0) -> str:
+    """``segment`` decoded, one byte flipped at ``position``, re-encoded."""
+    raw = bytearray(b64url_decode(segment))
+    raw[position] ^= 0x01
+    return b64url(bytes(raw))
+
+
+def jwe_header(compact: str) -> dict[str, Any]:
+    """The decoded protected header of a compact JWE."""
+    return dict(json.loads(b64url_decode(compact.split(".", maxsplit=1)[0])))
+
+
+def with_jwe_header(compact: str, **changes: Any) -> str:
+    """``compact`` with its protected header changed (the tag then no longer matches)."""
+    header = jwe_header(compact)
+    for name, value in changes.items():
+        if value is None:
+            header.pop(name, None)
+        else:
+            header[name] = value
+    return replace_segment(compact, 0, b64url(json.dumps(header).encode()))
+
+
+class TestStrictJson:
+    """Payload and header JSON: objects only, no duplicates, no floats, no NaN."""
+
+    def test_object(self) -> None:
+        """A plain object parses."""
+        assert strict_json_object(b'{"a": 1, "b": [true, null, "x"]}') == {
+            "a": 1,
+            "b": [True, None, "x"],
+        }
+
+    @pytest.mark.parametrize(
+        ("text", "reason"),
+        [
+            ('{"a": 1, "a": 2}', "duplicate member"),
+            ('{"a": {"b": 1, "b": 1}}', "duplicate member"),
+            ('{"a": 1.5}', "integers"),
+            ('{"a": 1e3}', "integers"),
+            ('{"a": NaN}', "not JSON"),
+            ('{"a": Infinity}', "not JSON"),
+            ('{"a": -Infinity}', "not JSON"),
+            ("[1]", "not a JSON object"),
+            ('"x"', "not a JSON object"),
+            ("{", "not strict JSON"),
+            ("[" * 100_000, "not strict JSON"),
+        ],
+    )
+    def test_refused(self, text: str, reason: str) -> None:
+        """Each non-strict input is MalformedJose with its reason."""
+        with pytest.raises(MalformedJose, match=reason):
+            strict_json_object(text)
+
+    def test_invalid_utf8(self) -> None:
+        """Bytes that are not UTF-8 are refused."""
+        with pytest.raises(MalformedJose):
+            strict_json_object(b'{"a": "\xff"}')
+
+    def test_canonical_json(self) -> None:
+        """Compact separators, order as given, UTF-8 not escaped."""
+        assert canonical_json({"b": 1, "a": "é"}) == '{"b":1,"a":"é"}'.encode()
+
+
+class TestNormalizeTyp:
+    """typ is compared case-insensitively without an optional application/ prefix."""
+
+    @pytest.mark.parametrize(
+        "typ",
+        ["at+jwt", "AT+JWT", "application/at+jwt", "Application/At+Jwt", "APPLICATION/AT+JWT"],
+    )
+    def test_forms(self, typ: str) -> None:
+        """Every spelling normalises to the short lower-case form."""
+        assert normalize_typ(typ) == "at+jwt"
+
+    def test_non_string(self) -> None:
+        """A non-string typ normalises to None."""
+        assert normalize_typ(1) is None
+        assert normalize_typ(None) is None
+
+    def test_only_one_prefix(self) -> None:
+        """Only one application/ prefix is removed."""
+        assert normalize_typ("application/application/at+jwt") == "application/at+jwt"
+
+
+class TestParseJws:
+    """parse_jws: the 3.0 header rules for a compact JWS."""
+
+    @pytest.mark.parametrize("alg", ["ed25519", "p256"])
+    def test_sign_parse_verify(self, alg: KeyAlgorithm) -> None:
+        """A JWS we sign parses, verifies and gives back its claims."""
+        key = generate(alg)
+        compact = sign_jwt({"iss": "a", "n": 1}, key, TYP)
+        jws = parse_jws(compact, TYP)
+        assert jws.header == {"typ": TYP, "alg": key.alg, "kid": key.kid}
+        assert jws.kid == key.kid
+        jws.verify(key.public)
+        assert jws.claims() == {"iss": "a", "n": 1}
+        assert jws.signing_input == compact.rsplit(".", 1)[0].encode()
+
+    @pytest.mark.parametrize("name", sorted(REFUSED_HEADERS))
+    def test_refused_headers(self, signing_key: PrivateKey, name: str) -> None:
+        """Every header of REFUSED_HEADERS is refused, whatever its value."""
+        compact = make_jws(header_for(signing_key, **{name: "x"}), signing_key)
+        with pytest.raises(MalformedJose, match=f"refused header '{name}'"):
+            parse_jws(compact, TYP)
+
+    def test_refused_headers_are_the_protocol_list(self) -> None:
+        """REFUSED_HEADERS is exactly protocol 3.0's list."""
+        assert (
+            frozenset({"crit", "b64", "zip", "jku", "jwk", "x5u", "x5c", "x5t", "x5t#S256"})
+            == REFUSED_HEADERS
+        )
+
+    @pytest.mark.parametrize(
+        "alg", ["none", "None", "HS256", "HS512", "RS256", "PS256", "ES384", 1]
+    )
+    def test_alg_not_allowed(self, signing_key: PrivateKey, alg: object) -> None:
+        """alg none, HMAC and everything outside the suite is refused at parse time."""
+        compact = make_jws(header_for(signing_key, alg=alg), signing_key)
+        with pytest.raises(MalformedJose, match="alg not allowed"):
+            parse_jws(compact, TYP)
+
+    def test_alg_missing(self, signing_key: PrivateKey) -> None:
+        """A header without alg is refused."""
+        with pytest.raises(MalformedJose, match="alg not allowed"):
+            parse_jws(make_jws(header_for(signing_key, alg=None), signing_key), TYP)
+
+    def test_unsigned_none_token(self, signing_key: PrivateKey) -> None:
+        """The classic alg-none token with an empty signature is refused."""
+        header = b64url(json.dumps(header_for(signing_key, alg="none")).encode())
+        with pytest.raises(MalformedJose, match="alg not allowed"):
+            parse_jws(f"{header}.{b64url(b'{}')}.", TYP)
+
+    def test_typ_missing(self, signing_key: PrivateKey) -> None:
+        """typ is required in every header."""
+        with pytest.raises(MalformedJose, match="typ must be"):
+            parse_jws(make_jws(header_for(signing_key, typ=None), signing_key), TYP)
+
+    @pytest.mark.parametrize("typ", ["at+jwt", "JWT", "exchange-response+jwt", "", 5])
+    def test_typ_wrong(self, signing_key: PrivateKey, typ: object) -> None:
+        """A typ for another position is refused (RFC 8725 explicit typing)."""
+        with pytest.raises(MalformedJose, match="typ must be"):
+            parse_jws(make_jws(header_for(signing_key, typ=typ), signing_key), TYP)
+
+    @pytest.mark.parametrize(
+        "typ",
+        [
+            "EXCHANGE-REQUEST+JWT",
+            "application/exchange-request+jwt",
+            "Application/Exchange-Request+JWT",
+        ],
+    )
+    def test_typ_case_and_prefix(self, signing_key: PrivateKey, typ: str) -> None:
+        """typ matches case-insensitively, with or without application/."""
+        compact = make_jws(header_for(signing_key, typ=typ), signing_key)
+        parse_jws(compact, TYP).verify(signing_key.public)
+
+    @pytest.mark.parametrize("kid", [None, 1, ["k"]])
+    def test_kid_missing_or_not_string(self, signing_key: PrivateKey, kid: object) -> None:
+        """kid must be a string."""
+        header = header_for(signing_key)
+        header.pop("kid")
+        if kid is not None:
+            header["kid"] = kid
+        with pytest.raises(MalformedJose, match="kid missing"):
+            parse_jws(make_jws(header, signing_key), TYP)
+
+    @pytest.mark.parametrize(
+        "header",
+        [
+            b'{"typ":"exchange-request+jwt","alg":"EdDSA","alg":"none","kid":"k"}',
+            b'{"typ":"exchange-request+jwt","alg":"EdDSA","kid":"k","n":1.0}',
+            b'{"typ":"exchange-request+jwt","alg":"EdDSA","kid":"k","n":NaN}',
+            b'["typ"]',
+            b"not json",
+        ],
+    )
+    def test_header_json_rules(self, signing_key: PrivateKey, header: bytes) -> None:
+        """Duplicate members, floats, NaN and non-objects are refused in headers."""
+        with pytest.raises(MalformedJose):
+            parse_jws(make_jws(header, signing_key), TYP)
+
+    def test_payload_json_rules(self, signing_key: PrivateKey) -> None:
+        """Duplicate members and floats are refused in payloads too."""
+        for payload in (b'{"a":1,"a":2}', b'{"a":0.5}', b'{"a":NaN}', b"[]"):
+            jws = parse_jws(make_jws(header_for(signing_key), signing_key, payload), TYP)
+            jws.verify(signing_key.public)
+            with pytest.raises(MalformedJose):
+                jws.claims()
+
+    @pytest.mark.parametrize("count", [1, 2, 4, 5])
+    def test_segment_counts(self, signing_key: PrivateKey, count: int) -> None:
+        """Anything but three segments is refused."""
+        compact = sign_jwt({"a": 1}, signing_key, TYP)
+        parts = (compact.split(".") * 2)[:count]
+        with pytest.raises(MalformedJose, match="must have 3 parts"):
+            parse_jws(".".join(parts), TYP)
+
+    def test_not_a_string(self) -> None:
+        """Bytes or None are not compact serializations."""
+        with pytest.raises(MalformedJose, match="not a compact serialization"):
+            parse_jws(b"a.b.c", TYP)
+        with pytest.raises(MalformedJose, match="not a compact serialization"):
+            parse_jws(None, TYP)
+
+    def test_too_large(self) -> None:
+        """An object above MAX_COMPACT_BYTES is refused before splitting."""
+        with pytest.raises(MalformedJose, match="too large"):
+            parse_jws("a." + "A" * MAX_COMPACT_BYTES + ".b", TYP)
+
+    def test_oversize_header(self, signing_key: PrivateKey) -> None:
+        """A header segment above MAX_HEADER_BYTES is refused before decoding."""
+        header = header_for(signing_key, pad="x" * MAX_HEADER_BYTES)
+        with pytest.raises(MalformedJose, match="header too large"):
+            parse_jws(make_jws(header, signing_key), TYP)
+
+    def test_header_not_base64url(self, signing_key: PrivateKey) -> None:
+        """A padded header segment is refused."""
+        compact = make_jws(header_for(signing_key), signing_key)
+        header, rest = compact.split(".", 1)
+        with pytest.raises(MalformedJose, match="header"):
+            parse_jws(f"{header}=.{rest}", TYP)
+
+    @pytest.mark.parametrize("index", [1, 2])
+    def test_payload_or_signature_not_base64url(self, signing_key: PrivateKey, index: int) -> None:
+        """Payload and signature segments must be strict base64url."""
+        compact = sign_jwt({"a": 1}, signing_key, TYP)
+        bad = replace_segment(compact, index, compact.split(".")[index] + "=")
+        with pytest.raises(MalformedJose, match="payload or signature"):
+            parse_jws(bad, TYP)
+
+
+class TestVerify:
+    """UnverifiedJWS.verify: alg fixed by the key, signature over the exact input."""
+
+    def test_other_key_refused(self, signing_key: PrivateKey) -> None:
+        """A JWS does not verify with another key of the same type (another agency's)."""
+        jws = parse_jws(sign_jwt({"a": 1}, signing_key, TYP), TYP)
+        with pytest.raises(BadSignature, match="does not verify"):
+            jws.verify(generate().public)
+
+    def test_es256_header_on_ed25519_key(self, signing_key: PrivateKey) -> None:
+        """A header naming ES256 cannot select verification with an Ed25519 key."""
+        compact = make_jws(header_for(signing_key, alg="ES256"), signing_key)
+        with pytest.raises(BadSignature, match="alg does not match"):
+            parse_jws(compact, TYP).verify(signing_key.public)
+
+    def test_eddsa_header_on_p256_key(self) -> None:
+        """A header naming EdDSA (or Ed25519) cannot select an ES256 key."""
+        p256 = generate("p256")
+        ed = generate()
+        for alg in ("EdDSA", "Ed25519"):
+            compact = make_jws({"typ": TYP, "alg": alg, "kid": p256.kid}, ed)
+            with pytest.raises(BadSignature, match="alg does not match"):
+                parse_jws(compact, TYP).verify(p256.public)
+
+    def test_encryption_key_never_verifies(self, signing_key: PrivateKey) -> None:
+        """A key with use enc is refused as a verification key."""
+        enc = generate("p256", 1)
+        jws = parse_jws(sign_jwt({"a": 1}, signing_key, TYP), TYP)
+        with pytest.raises(BadSignature, match="not a signing key"):
+            jws.verify(enc.public)
+
+    def test_rfc9864_ed25519_alg_accepted(self, signing_key: PrivateKey) -> None:
+        """alg "Ed25519" (RFC 9864), signed with cryptography directly, verifies."""
+        compact = make_jws(header_for(signing_key, alg="Ed25519"), signing_key)
+        jws = parse_jws(compact, TYP)
+        jws.verify(signing_key.public)
+        assert jws.claims() == {"iss": "a"}
+
+    @pytest.mark.parametrize("alg", ["ed25519", "p256"])
+    def test_tampered_payload(self, alg: KeyAlgorithm) -> None:
+        """One flipped payload byte and the signature fails."""
+        key = generate(alg)
+        compact = sign_jwt({"iss": "a"}, key, TYP)
+        tampered = replace_segment(compact, 1, flip(compact.split(".")[1]))
+        with pytest.raises(BadSignature):
+            parse_jws(tampered, TYP).verify(key.public)
+
+    @pytest.mark.parametrize("alg", ["ed25519", "p256"])
+    def test_tampered_signature(self, alg: KeyAlgorithm) -> None:
+        """One flipped signature byte and the signature fails."""
+        key = generate(alg)
+        compact = sign_jwt({"iss": "a"}, key, TYP)
+        for position in (0, 31, 63):
+            tampered = replace_segment(compact, 2, flip(compact.split(".")[2], position))
+            with pytest.raises(BadSignature):
+                parse_jws(tampered, TYP).verify(key.public)
+
+    @pytest.mark.parametrize("alg", ["ed25519", "p256"])
+    @pytest.mark.parametrize("length", [0, 63, 65, 72])
+    def test_wrong_signature_length(self, alg: KeyAlgorithm, length: int) -> None:
+        """A signature of the wrong length (e.g. DER ECDSA) is refused, not crashed on."""
+        key = generate(alg)
+        compact = replace_segment(sign_jwt({"a": 1}, key, TYP), 2, b64url(b"\x01" * length))
+        with pytest.raises(BadSignature):
+            parse_jws(compact, TYP).verify(key.public)
+
+    def test_tampered_header(self, signing_key: PrivateKey) -> None:
+        """A header changed after signing (still valid) fails verification."""
+        compact = sign_jws(b"{}", signing_key, TYP)
+        header = header_for(signing_key, typ="Exchange-Request+JWT")
+        tampered = replace_segment(compact, 0, b64url(json.dumps(header).encode()))
+        with pytest.raises(BadSignature):
+            parse_jws(tampered, TYP).verify(signing_key.public)
+
+
+class TestDetached:
+    """Detached JWS (RFC 7515 appendix F), used by contract signatures."""
+
+    def test_round_trip(self, signing_key: PrivateKey) -> None:
+        """A detached signature re-attached to its payload verifies."""
+        detached = detached_signature(b"payload", signing_key, "contract+jws")
+        assert detached.split(".")[1] == ""
+        jws = parse_jws(attach_payload(detached, b"payload"), "contract+jws")
+        jws.verify(signing_key.public)
+        assert jws.payload == b"payload"
+
+    def test_other_payload_fails(self, signing_key: PrivateKey) -> None:
+        """Attached to another payload, the signature fails."""
+        detached = detached_signature(b"payload", signing_key, "contract+jws")
+        jws = parse_jws(attach_payload(detached, b"other"), "contract+jws")
+        with pytest.raises(BadSignature):
+            jws.verify(signing_key.public)
+
+    def test_attached_refused(self, signing_key: PrivateKey) -> None:
+        """A JWS with a payload segment is not a detached signature."""
+        with pytest.raises(MalformedJose, match="empty payload segment"):
+            attach_payload(sign_jws(b"x", signing_key, "contract+jws"), b"x")
+
+
+class TestJwe:
+    """Compact JWE: ECDH-ES+A256KW / A256GCM, header rules, tamper detection."""
+
+    @pytest.mark.parametrize("alg", ["ed25519", "p256"])
+    def test_round_trip(self, alg: KeyAlgorithm) -> None:
+        """X25519 and P-256 recipients decrypt what was encrypted to them."""
+        recipient = generate(alg, 1)
+        compact = encrypt(b"secret payload", recipient.public, JWE_TYP)
+        header = jwe_header(compact)
+        assert header["alg"] == ENC_ALG
+        assert header["enc"] == ENC_ENC
+        assert header["kid"] == recipient.kid
+        assert header["typ"] == JWE_TYP
+        assert header["cty"] == "JWT"
+        assert header["epk"]["crv"] == ("X25519" if alg == "ed25519" else "P-256")
+        assert decrypt(compact, [recipient], JWE_TYP) == b"secret payload"
+
+    def test_large_plaintext(self, encryption_key: PrivateKey) -> None:
+        """A plaintext well above 64 KiB (a large but allowed body) round-trips."""
+        plaintext = b"x" * (300 * 1024)
+        compact = encrypt(plaintext, encryption_key.public, JWE_TYP)
+        assert decrypt(compact, [encryption_key], JWE_TYP) == plaintext
+
+    def test_key_ring_picks_by_kid(self, encryption_key: PrivateKey) -> None:
+        """With several keys, the one named by kid decrypts (rotation overlap)."""
+        old = generate("ed25519", 1)
+        compact = encrypt(b"x", old.public, JWE_TYP)
+        assert decrypt(compact, [encryption_key, old], JWE_TYP) == b"x"
+        assert check_jwe_header(compact, [encryption_key, old], JWE_TYP).key == old
+
+    def test_encrypt_to_signing_key_refused(self, signing_key: PrivateKey) -> None:
+        """A signing key is never an encryption recipient."""
+        with pytest.raises(MalformedJose, match="not an encryption key"):
+            encrypt(b"x", signing_key.public, JWE_TYP)
+
+    def test_wrong_kid(self, encryption_key: PrivateKey) -> None:
+        """A JWE to another key (another kid) is refused before decryption."""
+        compact = encrypt(b"x", generate("ed25519", 1).public, JWE_TYP)
+        with pytest.raises(MalformedJose, match="not one of our encryption keys"):
+            decrypt(compact, [encryption_key], JWE_TYP)
+
+    def test_kid_relabelled_to_ours(self, encryption_key: PrivateKey) -> None:
+        """A JWE to another key with our kid written in does not decrypt."""
+        compact = encrypt(b"x", generate("ed25519", 1).public, JWE_TYP)
+        relabelled = with_jwe_header(compact, kid=encryption_key.kid)
+        with pytest.raises(MalformedJose, match="does not decrypt"):
+            decrypt(relabelled, [encryption_key], JWE_TYP)
+
+    @pytest.mark.parametrize(
+        ("changes", "reason"),
+        [
+            ({"alg": "ECDH-ES"}, "alg/enc must be"),
+            ({"alg": "ECDH-ES+A128KW"}, "alg/enc must be"),
+            ({"alg": "RSA-OAEP"}, "alg/enc must be"),
+            ({"alg": "dir"}, "alg/enc must be"),
+            ({"alg": None}, "alg/enc must be"),
+            ({"enc": "A128GCM"}, "alg/enc must be"),
+            ({"enc": "A256CBC-HS512"}, "alg/enc must be"),
+            ({"enc": None}, "alg/enc must be"),
+            ({"epk": None}, "epk missing"),
+            ({"epk": "key"}, "epk missing"),
+            ({"zip": "DEF"}, "refused header 'zip'"),
+            ({"jku": "https://evil.example/jwks"}, "refused header 'jku'"),
+            ({"jwk": {"kty": "OKP"}}, "refused header 'jwk'"),
+            ({"crit": ["exp"]}, "refused header 'crit'"),
+            ({"x5u": "https://evil.example/cert"}, "refused header 'x5u'"),
+            ({"typ": "exchange-response+jwe"}, "typ must be"),
+            ({"typ": None}, "typ must be"),
+            ({"kid": None}, "kid missing"),
+            ({"cty": "json"}, "cty must be JWT"),
+            ({"cty": 1}, "cty must be JWT"),
+        ],
+    )
+    def test_header_refusals(
+        self, encryption_key: PrivateKey, changes: dict[str, Any], reason: str
+    ) -> None:
+        """Each header violation is refused by the header check, before decryption."""
+        compact = with_jwe_header(encrypt(b"x", encryption_key.public, JWE_TYP), **changes)
+        with pytest.raises(MalformedJose, match=reason):
+            decrypt(compact, [encryption_key], JWE_TYP)
+
+    @pytest.mark.parametrize(
+        "epk",
+        [
+            {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"},
+            {"kty": "OKP", "crv": "Ed25519", "x": "AA"},
+            {"kty": "OKP", "x": "AA"},
+            {},
+        ],
+    )
+    def test_epk_of_another_type(self, encryption_key: PrivateKey, epk: dict[str, str]) -> None:
+        """An epk that is not a key of the recipient key's type is refused."""
+        compact = with_jwe_header(encrypt(b"x", encryption_key.public, JWE_TYP), epk=epk)
+        with pytest.raises(MalformedJose, match="epk is not a key of the recipient"):
+            decrypt(compact, [encryption_key], JWE_TYP)
+
+    def test_epk_with_private_part(self, encryption_key: PrivateKey) -> None:
+        """An epk carrying 'd' is refused."""
+        compact = encrypt(b"x", encryption_key.public, JWE_TYP)
+        epk = {**jwe_header(compact)["epk"], "d": b64url(b"\x01" * 32)}
+        with pytest.raises(MalformedJose, match="epk carries a private key"):
+            decrypt(with_jwe_header(compact, epk=epk), [encryption_key], JWE_TYP)
+
+    def test_encrypt_to_low_order_key(self) -> None:
+        """Encrypting to an all-zero (low-order) X25519 key fails as MalformedJose."""
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+        from gateway.keys import PublicKey
+
+        weak = PublicKey(X25519PublicKey.from_public_bytes(bytes(32)), "enc")
+        with pytest.raises(MalformedJose, match="cannot encrypt"):
+            encrypt(b"x", weak, JWE_TYP)
+
+    @pytest.mark.parametrize("cty", ["jwt", "application/JWT"])
+    def test_cty_forms(self, encryption_key: PrivateKey, cty: str) -> None:
+        """cty is normalised like typ (the header check alone: the tag no longer matches)."""
+        compact = with_jwe_header(encrypt(b"x", encryption_key.public, JWE_TYP), cty=cty)
+        assert check_jwe_header(compact, [encryption_key], JWE_TYP).key == encryption_key
+
+    def test_cty_absent(self, encryption_key: PrivateKey) -> None:
+        """cty is optional."""
+        compact = with_jwe_header(encrypt(b"x", encryption_key.public, JWE_TYP), cty=None)
+        assert check_jwe_header(compact, [encryption_key], JWE_TYP).key == encryption_key
+
+    def test_typ_with_prefix_accepted(self, encryption_key: PrivateKey) -> None:
+        """A JWE typ with application/ and other case passes the header check."""
+        compact = encrypt(b"x", encryption_key.public, "Application/Exchange-Request+JWE")
+        assert decrypt(compact, [encryption_key], JWE_TYP) == b"x"
+
+    @pytest.mark.parametrize(
+        ("index", "name"), [(1, "encrypted key"), (2, "iv"), (3, "ciphertext"), (4, "tag")]
+    )
+    def test_tampered_segment(self, encryption_key: PrivateKey, index: int, name: str) -> None:
+        """One flipped byte in the wrapped key, iv, ciphertext or tag: refused."""
+        compact = encrypt(b"some plaintext", encryption_key.public, JWE_TYP)
+        for position in (0, -1):
+            tampered = replace_segment(compact, index, flip(compact.split(".")[index], position))
+            with pytest.raises(MalformedJose, match="does not decrypt"):
+                decrypt(tampered, [encryption_key], JWE_TYP)
+
+    @pytest.mark.parametrize("index", [1, 2, 3, 4])
+    def test_truncated_segment(self, encryption_key: PrivateKey, index: int) -> None:
+        """A segment one byte short (or empty) is refused."""
+        compact = encrypt(b"some plaintext", encryption_key.public, JWE_TYP)
+        raw = b64url_decode(compact.split(".")[index])
+        for shorter in (raw[:-1], b""):
+            with pytest.raises(MalformedJose):
+                decrypt(replace_segment(compact, index, b64url(shorter)), [encryption_key], JWE_TYP)
+
+    def test_tampered_aad(self, encryption_key: PrivateKey) -> None:
+        """An added protected-header member (the AAD) breaks the tag."""
+        compact = with_jwe_header(encrypt(b"x", encryption_key.public, JWE_TYP), note="hi")
+        with pytest.raises(MalformedJose, match="does not decrypt"):
+            decrypt(compact, [encryption_key], JWE_TYP)
+
+    def test_segments_swapped_between_messages(self, encryption_key: PrivateKey) -> None:
+        """The ciphertext of one message under the header of another: refused."""
+        one = encrypt(b"first", encryption_key.public, JWE_TYP).split(".")
+        two = encrypt(b"second", encryption_key.public, JWE_TYP).split(".")
+        with pytest.raises(MalformedJose, match="does not decrypt"):
+            decrypt(".".join([*one[:3], *two[3:]]), [encryption_key], JWE_TYP)
+
+    @pytest.mark.parametrize("count", [3, 4, 6])
+    def test_segment_counts(self, encryption_key: PrivateKey, count: int) -> None:
+        """A JWE has five segments."""
+        parts = (encrypt(b"x", encryption_key.public, JWE_TYP).split(".") * 2)[:count]
+        with pytest.raises(MalformedJose, match="must have 5 parts"):
+            decrypt(".".join(parts), [encryption_key], JWE_TYP)
+
+    def test_jws_is_not_a_jwe(self, signing_key: PrivateKey, encryption_key: PrivateKey) -> None:
+        """A JWS where a JWE is expected is refused."""
+        with pytest.raises(MalformedJose):
+            decrypt(sign_jwt({}, signing_key, TYP), [encryption_key], JWE_TYP)
+
+    def test_every_failure_is_jose_error(self, encryption_key: PrivateKey) -> None:
+        """Decryption failures surface only as MalformedJose (a JoseError)."""
+        compact = encrypt(b"x", encryption_key.public, JWE_TYP)
+        with pytest.raises(JoseError):
+            decrypt(compact[:-3], [encryption_key], JWE_TYP)
+
+
+class TestFreshness:
+    """freshness_problem: iat <= now+30, exp > now-30, iat < exp <= iat+L, nbf <= now+30."""
+
+    NOW = 1_795_694_400
+    SKEW = CLOCK_SKEW_SECONDS
+
+    def check(self, lifetime: int = MESSAGE_LIFETIME, **claims: object) -> str | None:
+        return freshness_problem(claims, self.NOW, lifetime)
+
+    def test_constants(self) -> None:
+        """The protocol's skew and lifetimes."""
+        assert CLOCK_SKEW_SECONDS == 30
+        assert (CLIENT_ASSERTION_LIFETIME, ACCESS_TOKEN_LIFETIME, MESSAGE_LIFETIME) == (
+            60,
+            300,
+            120,
+        )
+
+    def test_fresh(self) -> None:
+        """iat now, exp now + L is fresh."""
+        assert self.check(iat=self.NOW, exp=self.NOW + 120) is None
+
+    def test_iat_skew_edge(self) -> None:
+        """iat = now + 30 is accepted; now + 31 is in the future."""
+        assert self.check(iat=self.NOW + self.SKEW, exp=self.NOW + self.SKEW + 1) is None
+        assert self.check(iat=self.NOW + self.SKEW + 1, exp=self.NOW + self.SKEW + 2) == (
+            "issued in the future"
+        )
+
+    def test_exp_skew_edge(self) -> None:
+        """exp = now - 29 is accepted; exp = now - 30 has expired."""
+        assert self.check(iat=self.NOW - 100, exp=self.NOW - self.SKEW + 1) is None
+        assert self.check(iat=self.NOW - 100, exp=self.NOW - self.SKEW) == "expired"
+
+    @pytest.mark.parametrize(
+        "lifetime", [CLIENT_ASSERTION_LIFETIME, ACCESS_TOKEN_LIFETIME, MESSAGE_LIFETIME]
+    )
+    def test_lifetime_edge(self, lifetime: int) -> None:
+        """exp = iat + L is accepted; iat + L + 1 is too long."""
+        assert self.check(lifetime, iat=self.NOW, exp=self.NOW + lifetime) is None
+        problem = self.check(lifetime, iat=self.NOW, exp=self.NOW + lifetime + 1)
+        assert problem == f"lifetime must be positive and at most {lifetime} s"
+
+    @pytest.mark.parametrize("delta", [0, -1])
+    def test_iat_not_before_exp(self, delta: int) -> None:
+        """iat >= exp is refused (zero or negative lifetime)."""
+        problem = self.check(iat=self.NOW, exp=self.NOW + delta)
+        assert problem is not None
+        assert "lifetime" in problem
+
+    def test_nbf(self) -> None:
+        """nbf = now + 30 is accepted; now + 31 is not yet valid."""
+        fresh = {"iat": self.NOW, "exp": self.NOW + 60}
+        assert self.check(nbf=self.NOW + self.SKEW, **fresh) is None
+        assert self.check(nbf=self.NOW + self.SKEW + 1, **fresh) == "not yet valid"
+        assert self.check(nbf=self.NOW - 1000, **fresh) is None
+
+    @pytest.mark.parametrize(
+        "claims",
+        [
+            {"exp": NOW + 10},
+            {"iat": NOW},
+            {"iat": float(NOW), "exp": NOW + 10},
+            {"iat": NOW, "exp": str(NOW + 10)},
+            {"iat": True, "exp": NOW + 10},
+            {"iat": NOW, "exp": NOW + 10, "nbf": None},
+            {"iat": NOW, "exp": NOW + 10, "nbf": False},
+        ],
+    )
+    def test_types(self, claims: dict[str, object]) -> None:
+        """iat, exp and nbf must be integers (bool and float are not)."""
+        assert freshness_problem(claims, self.NOW, 120) == "iat, exp and nbf must be integers"
+
+
+class TestClaimTypes:
+    """claim_type_problem: the first missing or wrongly typed claim."""
+
+    SPEC: ClassVar[dict[str, type]] = {"iss": str, "iat": int, "body": dict, "fields": list}
+
+    def test_valid(self) -> None:
+        """All claims present and typed: None."""
+        claims = {"iss": "a", "iat": 0, "body": {}, "fields": [], "extra": 1.5}
+        assert claim_type_problem(claims, self.SPEC) is None
+
+    def test_missing(self) -> None:
+        """A missing claim is named."""
+        assert claim_type_problem({"iss": "a"}, self.SPEC) == "claim 'iat' missing"
+
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [
+            ("iss", 1),
+            ("iss", None),
+            ("iat", True),
+            ("iat", False),
+            ("iat", "1"),
+            ("iat", 1.0),
+            ("body", []),
+            ("fields", {}),
+            ("fields", "a"),
+        ],
+    )
+    def test_wrong_type(self, name: str, value: object) -> None:
+        """A wrongly typed claim is named; a bool is not an int."""
+        claims: dict[str, object] = {"iss": "a", "iat": 0, "body": {}, "fields": []}
+        claims[name] = value
+        assert claim_type_problem(claims, self.SPEC) == f"claim {name!r} has the wrong type"
+
+    def test_is_int(self) -> None:
+        """is_int is true for ints only, not bools or floats."""
+        assert is_int(0)
+        assert is_int(-5)
+        assert not is_int(True)
+        assert not is_int(1.0)
+        assert not is_int("1")
