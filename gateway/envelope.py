@@ -315,6 +315,8 @@ def open_response(
         raise refuse(f"response {problem}")
     if claims["iss"] != provider or claims["aud"] != consumer:
         raise refuse("response iss or aud mismatch")
+    if not 200 <= claims["status"] < 500:
+        raise refuse("response status is not an answer (200-499)")
     if claims["in_reply_to"] != request.jti:
         raise refuse("in_reply_to is not our request")
     if claims["req_hash"] != token_hash(request.jws):

@@ -297,3 +297,14 @@ class SetupError(GatewayError):
         self.source = source
         self.field = field
         self.reason = reason
+
+
+def known_problem_names() -> frozenset[str]:
+    """Every problem name this gateway itself can raise (a bounded metric label set)."""
+    names = set()
+    pending: list[type[ProblemError]] = [ProblemError]
+    while pending:
+        cls = pending.pop()
+        names.add(cls.problem)
+        pending.extend(cls.__subclasses__())
+    return frozenset(names)

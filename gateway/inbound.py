@@ -110,17 +110,21 @@ async def write_audit(runtime: Runtime, **members: Any) -> int:
 async def audit_refusal(
     runtime: Runtime, error: ProblemError, direction: str, members: Mapping[str, Any]
 ) -> None:
-    """Record a refusal and put its index on the error (``audit_id``)."""
-    error.audit_id = await write_audit(
-        runtime,
-        kind="refusal",
-        direction=direction,
-        outcome="refused" if error.status < 500 else "error",
-        status=error.status,
-        problem=error.problem,
-        detail=error.audit_detail,
+    """Record a refusal and put its index on the error (``audit_id``).
+
+    ``members`` may override the record's ``detail`` (the consumer names a
+    provider's refusal that way).
+    """
+    record: dict[str, Any] = {
+        "kind": "refusal",
+        "direction": direction,
+        "outcome": "refused" if error.status < 500 else "error",
+        "status": error.status,
+        "problem": error.problem,
+        "detail": error.audit_detail,
         **members,
-    )
+    }
+    error.audit_id = await write_audit(runtime, **record)
 
 
 class Provider:

@@ -84,6 +84,14 @@ def strict_json_object(data: bytes | str) -> dict[str, Any]:
         raise MalformedJose(f"not strict JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise MalformedJose("not a JSON object")
+    escaped = b"\\u" in data if isinstance(data, bytes) else "\\u" in data
+    if escaped:
+        # A lone surrogate escape parses but is no Unicode text: it could not
+        # be hashed, pseudonymised or signed again. Re-encoding finds one.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise MalformedJose("a string holds a lone surrogate escape") from exc
     return value
 
 

@@ -48,6 +48,8 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            # Without this a logged exception is only "exc_info": true: undiagnosable.
+            structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeGuard
 
 import aiohttp
 
@@ -157,10 +157,18 @@ class Consumer:
         self, call: ClientRequest, members: dict[str, Any], started: float
     ) -> ExchangeResult:
         runtime = self.runtime
-        client = runtime.settings.client_for_key(call.api_key) if call.api_key else None
+        client = runtime.settings.client_for_key(call.api_key) if _is_text(call.api_key) else None
         if client is None:
             raise Unauthorized("a valid client API key is required")
         members["client"] = client
+        for header, value in (
+            ("X-Purpose", call.purpose),
+            ("X-Contract", call.contract),
+            ("X-End-User", call.end_user),
+        ):
+            if value is not None and not _is_text(value):
+                members.pop("purpose", None)
+                raise BadRequest(f"the {header} header is not UTF-8 text")
         if not call.purpose:
             raise BadRequest("the X-Purpose header is required")
         try:
@@ -370,6 +378,17 @@ class Consumer:
             audit_index=index,
             provider_audit_index=provider_index if isinstance(provider_index, int) else None,
         )
+
+
+def _is_text(value: str | None) -> TypeGuard[str]:
+    """A header value that is real Unicode (non-UTF-8 bytes arrive as surrogates)."""
+    if not value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _upstream_problem(

@@ -106,7 +106,7 @@ def live_network(directory: Path) -> Iterator[LiveNetwork]:
     def run() -> None:
         try:
             loop.run_until_complete(main())
-        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+        except BaseException as exc:
             failure.append(exc)
             started.set()
 

@@ -25,6 +25,7 @@ from gateway.errors import (
     PayloadTooLarge,
     ProblemError,
     TokenRequestError,
+    known_problem_names,
 )
 from gateway.inbound import ExchangeContext, Provider
 from gateway.keys import jwks_document
@@ -47,6 +48,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Paths whose answers are never delayed by admission control: probes must answer under load.
 _UNMETERED: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+
+_KNOWN_PROBLEMS: Final = known_problem_names()
 
 # A token request is a few kilobytes of form; more is abuse.
 MAX_TOKEN_REQUEST_BYTES: Final = 64 * 1024
@@ -79,7 +82,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
     except ProblemError as exc:
-        outcome, response = exc.problem, problem_response(exc)
+        # A peer's problem name is its own text: only known names become label values.
+        outcome = exc.problem if exc.problem in _KNOWN_PROBLEMS else "upstream-other"
+        response = problem_response(exc)
     except TokenRequestError as exc:
         outcome, response = exc.error, token_error_response(exc)
     except web.HTTPException as exc:
