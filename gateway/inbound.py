@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 from gateway.audit.records import AuditRecord, new_record_identity, record_time
 from gateway.backend import Backend, BackendRequest
@@ -127,6 +128,17 @@ async def audit_refusal(
     error.audit_id = await write_audit(runtime, **record)
 
 
+def _parse_form(content_type: str, raw: bytes | None) -> dict[str, list[str]]:
+    if content_type != "application/x-www-form-urlencoded":
+        raise TokenRequestError("invalid_request", "the body must be form-urlencoded")
+    if raw is None:
+        raise TokenRequestError("invalid_request", "the form is too large")
+    try:
+        return parse_qs(raw.decode("utf-8"), keep_blank_values=True)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise TokenRequestError("invalid_request", "the form is not valid UTF-8") from exc
+
+
 class Provider:
     """The provider pipeline of one gateway."""
 
@@ -136,13 +148,13 @@ class Provider:
 
     # -- 3.1 token endpoint ------------------------------------------------
 
-    async def token(self, form: Mapping[str, Sequence[str]]) -> dict[str, Any]:
-        """Answer a token request; ``TokenRequestError`` (audited) on any refusal."""
+    async def token(self, content_type: str, raw: bytes | None) -> dict[str, Any]:
+        """Answer a token request (``raw`` None: too large); refusals are audited."""
         runtime = self.runtime
         started = time.perf_counter()
         members: dict[str, Any] = {"provider": runtime.agency}
         try:
-            body = await self._grant(form, members)
+            body = await self._grant(_parse_form(content_type, raw), members)
         except TokenRequestError as exc:
             exc.audit_id = await write_audit(
                 runtime,

@@ -531,14 +531,7 @@ class TestTokenRefusalsAreAudited:
             "bad-signature",
             "missing-parameter",
             "wrong-purpose",
-            pytest.param(
-                "not-a-form",
-                marks=pytest.mark.xfail(
-                    strict=True,
-                    reason="bug: gateway/web/app.py token_endpoint refuses a non-form body "
-                    "(and a non-UTF-8 or oversized one) before Provider.token: no audit record",
-                ),
-            ),
+            "not-a-form",
         ],
     )
     async def test_one_record_per_refusal(

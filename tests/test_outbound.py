@@ -400,11 +400,6 @@ class TestProviderRefusals:
         assert (await exchange(session, net)).status == 200
         assert count_records(audit_path(net, TAX), kind="token") == tokens_before + 1
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: gateway/web/app.py exchange_endpoint reads the body outside the "
-        "audited pipeline: a 413 on /v1/exchange has no audit record and no audit_id",
-    )
     async def test_body_over_the_gateway_limit(
         self, network: LiveNetwork, session: aiohttp.ClientSession
     ) -> None:

@@ -12,7 +12,6 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
-from urllib.parse import parse_qs
 
 import aiohttp
 from aiohttp import web
@@ -27,7 +26,7 @@ from gateway.errors import (
     TokenRequestError,
     known_problem_names,
 )
-from gateway.inbound import ExchangeContext, Provider
+from gateway.inbound import ExchangeContext, Provider, audit_refusal
 from gateway.keys import jwks_document
 from gateway.observability import get_logger
 from gateway.outbound import ClientRequest, Consumer, HttpPeerTransport
@@ -111,15 +110,9 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
 
 
 async def token_endpoint(request: web.Request) -> web.Response:
-    """``POST /v1/token`` (protocol 3.1)."""
-    if request.content_type != "application/x-www-form-urlencoded":
-        raise TokenRequestError("invalid_request", "the body must be form-urlencoded")
-    raw = await _read_limited(request, MAX_TOKEN_REQUEST_BYTES)
-    try:
-        form = parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise TokenRequestError("invalid_request", "the form is not valid UTF-8") from exc
-    answer = await request.app[PROVIDER].token(form)
+    """``POST /v1/token`` (protocol 3.1); the provider audits every refusal."""
+    raw = await read_bounded(request.content, MAX_TOKEN_REQUEST_BYTES)
+    answer = await request.app[PROVIDER].token(request.content_type, raw)
     return web.json_response(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
@@ -162,7 +155,16 @@ async def exchange_endpoint(request: web.Request) -> web.Response:
     consumer = request.app[CONSUMER]
     runtime = request.app[RUNTIME]
     scheme, _, api_key = request.headers.get("Authorization", "").partition(" ")
-    raw = await _read_limited(request, runtime.settings.limits.max_body_bytes)
+    try:
+        raw = await _read_limited(request, runtime.settings.limits.max_body_bytes)
+    except PayloadTooLarge as exc:
+        members = {
+            "consumer": runtime.agency,
+            "provider": request.match_info["provider"],
+            "service": request.match_info["service"],
+        }
+        await audit_refusal(runtime, exc, "outbound", members)
+        raise
     call = ClientRequest(
         api_key=api_key.strip() if scheme.lower() == "bearer" else None,
         provider=request.match_info["provider"],
