@@ -73,7 +73,7 @@ class ExchangeContext:
         fields: dict[str, Any] = {
             "provider": runtime.agency,
             "service": self.service,
-            "latency_us": int((time.perf_counter() - self.started) * 1_000_000),
+            "latency_us": elapsed_us(self.started),
         }
         if self.token is not None:
             grant = self.token.grant
@@ -96,6 +96,11 @@ class ExchangeContext:
                 fields["end_user"] = runtime.pseudonymize(claims["end_user"])
         fields.update(self.extra)
         return fields
+
+
+def elapsed_us(started: float) -> int:
+    """Whole microseconds since ``started`` (a ``time.perf_counter()`` reading)."""
+    return int((time.perf_counter() - started) * 1_000_000)
 
 
 async def write_audit(runtime: Runtime, **members: Any) -> int:
@@ -164,7 +169,7 @@ class Provider:
                 status=exc.status,
                 problem=exc.error,
                 detail=exc.audit_detail,
-                latency_us=int((time.perf_counter() - started) * 1_000_000),
+                latency_us=elapsed_us(started),
                 **members,
             )
             raise
@@ -174,7 +179,7 @@ class Provider:
             direction="inbound",
             outcome="ok",
             status=200,
-            latency_us=int((time.perf_counter() - started) * 1_000_000),
+            latency_us=elapsed_us(started),
             **members,
         )
         return body

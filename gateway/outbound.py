@@ -30,7 +30,7 @@ from gateway.errors import (
     UpstreamProblem,
     UpstreamUnreachable,
 )
-from gateway.inbound import audit_refusal, write_audit
+from gateway.inbound import audit_refusal, elapsed_us, write_audit
 from gateway.jose import strict_json_object
 from gateway.runtime import Runtime
 from gateway.tokens import (
@@ -147,7 +147,7 @@ class Consumer:
         try:
             return await self._exchange(call, members, started)
         except ProblemError as exc:
-            members["latency_us"] = int((time.perf_counter() - started) * 1_000_000)
+            members["latency_us"] = elapsed_us(started)
             if isinstance(exc, UpstreamProblem):
                 members["detail"] = f"provider refused: {exc.problem}"
             await audit_refusal(self.runtime, exc, "outbound", members)
@@ -247,13 +247,13 @@ class Consumer:
             if not contract.allows_purpose(call.purpose or ""):
                 raise ContractDenied("the contract does not allow this purpose")
             return contract
-        fitting = [
-            contract
-            for contract in runtime.contracts.current.between(
-                provider=call.provider, consumer=runtime.agency, service=call.service
-            )
-            if contract.in_force(now) and contract.allows_purpose(call.purpose or "")
-        ]
+        fitting = runtime.contracts.current.fitting(
+            consumer=runtime.agency,
+            provider=call.provider,
+            service=call.service,
+            purpose=call.purpose or "",
+            now=now,
+        )
         usable = [contract for contract in fitting if contract.id in allowed]
         if not fitting:
             raise ContractDenied("no contract in force allows this purpose for that service")
@@ -360,7 +360,7 @@ class Consumer:
             fields=list(claims["fields"]),
             resp_hash=token_hash(response.jws),
             evidence=response.signature,
-            latency_us=int((time.perf_counter() - started) * 1_000_000),
+            latency_us=elapsed_us(started),
         )
         index = await write_audit(
             runtime,
