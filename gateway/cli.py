@@ -19,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from gateway.audit.records import generate_audit_key
+from gateway.audit.commands import add_audit_commands
+from gateway.audit.records import generate_audit_key, rotate_audit_key
 from gateway.config import hash_api_key, load_settings
 from gateway.contracts import (
     check_contract_file,
@@ -28,9 +29,15 @@ from gateway.contracts import (
     sign_contract,
 )
 from gateway.errors import GatewayError, SetupError
-from gateway.keys import load_private_key, load_public_key_file, write_key_dir
+from gateway.keys import (
+    load_private_key,
+    load_public_key_file,
+    write_key_dir,
+    write_log_key,
+)
 from gateway.observability import configure_logging
-from gateway.registry import build_registry_payload, sign_registry, verify_registry
+from gateway.processing import FORMATS, ROLES, build_record, parse_instant, render
+from gateway.registry import Registry, build_registry_payload, sign_registry, verify_registry
 
 
 def _passphrase(variable: str | None) -> bytes | None:
@@ -51,6 +58,22 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     print(f"  signing kid    {keys.signing.kid} ({keys.signing.alg})")
     print(f"  encryption kid {keys.encryption.kid} ({keys.encryption.alg})")
     print(f"  publish {directory / 'jwks.json'} through the trust registry")
+    return 0
+
+
+def cmd_keys_generate_log_key(args: argparse.Namespace) -> int:
+    """Write a new Ed25519 audit log key (for key folders made before the Merkle log)."""
+    path = Path(args.file)
+    write_log_key(path, _passphrase(args.passphrase_env))
+    print(f"audit log key written to {path}; it signs checkpoints only")
+    return 0
+
+
+def cmd_keys_rotate_audit_key(args: argparse.Namespace) -> int:
+    """Add a new audit key epoch: new records use it; searches still try the old ones."""
+    epoch = rotate_audit_key(Path(args.file))
+    print(f"audit key epoch {epoch} added to {args.file}; restart the gateway to use it")
+    print("  records pseudonymised under older epochs stay findable while their key is listed")
     return 0
 
 
@@ -91,8 +114,8 @@ def cmd_contracts_sign(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_contracts_validate(args: argparse.Namespace) -> int:
-    """Check every contract file in a directory; print every problem; exit 1 on any."""
+def _contract_registry(args: argparse.Namespace, now: int) -> Registry:
+    """The trust registry that contract signatures are checked against (``--registry``)."""
     registry_path = Path(args.registry)
     authority_path = Path(args.authority_key or registry_path.parent / "authority.jwks.json")
     authority = load_public_key_file(authority_path, "sig")
@@ -100,8 +123,13 @@ def cmd_contracts_validate(args: argparse.Namespace) -> int:
         compact = registry_path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise SetupError(str(registry_path), "cannot read the registry") from exc
+    return verify_registry(compact, authority, now)
+
+
+def cmd_contracts_validate(args: argparse.Namespace) -> int:
+    """Check every contract file in a directory; print every problem; exit 1 on any."""
     now = int(time.time())
-    registry = verify_registry(compact, authority, now)
+    registry = _contract_registry(args, now)
     loaded = load_contract_dir(Path(args.dir), registry.signing_keys, now)
     for problem in loaded.problems:
         print(problem)
@@ -109,6 +137,48 @@ def cmd_contracts_validate(args: argparse.Namespace) -> int:
         state = loaded.not_in_force.get(contract.id, "in force")
         print(f"{contract.id} v{contract.version}: valid ({state})")
     return 1 if loaded.problems else 0
+
+
+def cmd_contracts_record_of_processing(args: argparse.Namespace) -> int:
+    """Print the GDPR Art. 30 record of processing derived from signed contracts."""
+    now = int(time.time())
+    # The registry is checked as a gateway checks it now; --at moves only contract validity.
+    registry = _contract_registry(args, now)
+    if args.agency is not None and registry.agency(args.agency) is None:
+        raise SetupError("--agency", f"{args.agency!r} is not listed in the trust registry")
+    directory = Path(args.dir)
+    loaded = load_contract_dir(directory, registry.signing_keys, now)
+    if loaded.problems:
+        # A record that silently left out a refused file would look complete: write none.
+        for problem in loaded.problems:
+            print(f"gateway: {problem}", file=sys.stderr)
+        count = len({problem.source for problem in loaded.problems})
+        print(
+            f"gateway: no record of processing written: {count} contract file(s) in "
+            f"{directory} refused; fix them or remove them, then run again",
+            file=sys.stderr,
+        )
+        return 1
+    record = build_record(
+        loaded.contracts,
+        at=now if args.at is None else args.at,
+        names={agency_id: entry.name for agency_id, entry in registry.agencies.items()},
+        agency=args.agency,
+        role=args.role,
+        source=(
+            f"{len(loaded.contracts)} signed contract(s) in {directory}, verified against "
+            f"trust registry serial {registry.serial}"
+        ),
+    )
+    sys.stdout.write(render(record, args.format))
+    return 0
+
+
+def _instant(text: str) -> int:
+    try:
+        return parse_instant(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def cmd_contracts_schema(args: argparse.Namespace) -> int:
@@ -169,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--passphrase-env", metavar="VAR")
     api_key = command(keys, "api-key", cmd_keys_api_key)
     api_key.add_argument("--key", help="hash this key instead of making a new one")
+    log_key = command(keys, "generate-log-key", cmd_keys_generate_log_key)
+    log_key.add_argument("--file", required=True, help="where to write it, e.g. KEYDIR/log.pem")
+    log_key.add_argument("--passphrase-env", metavar="VAR")
+    rotate = command(keys, "rotate-audit-key", cmd_keys_rotate_audit_key)
+    rotate.add_argument("--file", required=True, help="the agency's audit.key")
 
     registry = commands.add_parser("registry", help="the trust registry").add_subparsers(
         dest="sub", required=True
@@ -195,6 +270,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema = command(contracts, "schema", cmd_contracts_schema)
     schema.add_argument("--out")
+    ropa = command(contracts, "record-of-processing", cmd_contracts_record_of_processing)
+    ropa.add_argument("--dir", required=True, help="a directory of signed contracts")
+    ropa.add_argument("--registry", required=True)
+    ropa.add_argument(
+        "--authority-key", help="authority public key (default: authority.jwks.json beside it)"
+    )
+    ropa.add_argument(
+        "--agency", help="only contracts where this agency is controller (provider) or recipient"
+    )
+    ropa.add_argument(
+        "--role", choices=ROLES, default="any", help="with --agency: which side (default any)"
+    )
+    ropa.add_argument(
+        "--at", type=_instant, metavar="RFC3339", help="evaluate validity then (default now)"
+    )
+    ropa.add_argument("--format", choices=FORMATS, default="text")
+
+    add_audit_commands(commands, command)
 
     serve = command(commands, "serve", cmd_serve)
     serve.add_argument("--config", required=True)

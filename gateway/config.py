@@ -28,7 +28,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.errors import SetupError
-from gateway.yamlfiles import load_strict_yaml
+from gateway.keys import LOG_KEY_FILE
+from gateway.yamlfiles import load_strict_yaml, yaml_problem
 
 ENV_PREFIX: Final = "GATEWAY_"
 MAX_CONFIG_BYTES: Final = 1024 * 1024
@@ -55,6 +56,7 @@ class KeySettings(_Section):
     passphrase_env: str | None = None
     previous_dirs: tuple[Path, ...] = ()
     audit_key: Path | None = None
+    log_key: Path | None = None
 
     def passphrase(self) -> bytes | None:
         """The passphrase from the named environment variable, if one is configured."""
@@ -104,9 +106,21 @@ class OfficerSettings(_Section):
 
 
 class AuditSettings(_Section):
-    """Where audit records are stored."""
+    """Where audit records are stored, when checkpoints are signed, how long bytes are kept."""
 
     store: str = "sqlite:audit.db"
+    checkpoint_every_records: int = Field(default=1000, ge=1)
+    checkpoint_every_seconds: float = Field(default=10.0, gt=0)
+    # After this many days a record's bytes are deleted; its leaf hash stays in the tree.
+    retention_days: int = Field(default=3650, ge=1, le=36_500)
+    retention_by_contract: dict[str, Annotated[int, Field(ge=1, le=36_500)]] = {}
+    retention_check_seconds: float = Field(default=3600.0, gt=0)
+
+    def retention_for(self, contract: str | None) -> int:
+        """Days a record about ``contract`` (None: no contract) keeps its bytes."""
+        if contract is None:
+            return self.retention_days
+        return self.retention_by_contract.get(contract, self.retention_days)
 
 
 class LimitSettings(_Section):
@@ -182,6 +196,7 @@ class GatewaySettings(BaseSettings):
                 "dir": resolve(self.keys.dir),
                 "previous_dirs": tuple(resolve(p) for p in self.keys.previous_dirs),
                 "audit_key": resolve(self.keys.audit_key or Path(self.keys.dir) / "audit.key"),
+                "log_key": resolve(self.keys.log_key or Path(self.keys.dir) / LOG_KEY_FILE),
             }
         )
         registry = self.registry.model_copy(
@@ -231,7 +246,7 @@ def load_settings(path: Path) -> GatewaySettings:
     try:
         data: Any = load_strict_yaml(raw)
     except yaml.YAMLError as exc:
-        raise SetupError(str(path), f"not valid YAML: {exc}") from exc
+        raise SetupError(str(path), yaml_problem(exc)) from exc
     if not isinstance(data, dict):
         raise SetupError(str(path), "the config file must be a YAML mapping")
     data.setdefault("base_dir", str(path.resolve().parent))

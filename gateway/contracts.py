@@ -44,7 +44,7 @@ from gateway.errors import JoseError, SetupError
 from gateway.fields import FIELD_PATH_PATTERN, MAX_PATH_LENGTH, FieldFilter, parse_field_path
 from gateway.jose import MAX_COMPACT_BYTES, attach_payload, detached_signature, parse_jws
 from gateway.keys import PrivateKey, PublicKey
-from gateway.yamlfiles import load_strict_yaml
+from gateway.yamlfiles import load_strict_yaml, yaml_problem
 
 ID_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{1,62}$"
 CONTRACT_ID_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{1,127}$"
@@ -375,10 +375,7 @@ def check_contract_file(path: Path) -> tuple[Contract | None, tuple[ContractProb
     try:
         document = load_strict_yaml(data)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        return None, (ContractProblem(source, None, f"not valid YAML: {problem}{where}"),)
+        return None, (ContractProblem(source, None, yaml_problem(exc)),)
     if not isinstance(document, dict):
         return None, (ContractProblem(source, None, "must be a YAML mapping of contract fields"),)
     try:

@@ -140,7 +140,7 @@ class StaleMessage(PeerProblem):
 class Unauthorized(PeerProblem):
     problem = "unauthorized"
     status = 401
-    title = "No valid client credentials"
+    title = "No valid credentials"
 
 
 class ContractDenied(PeerProblem):

@@ -108,9 +108,19 @@ async def write_audit(runtime: Runtime, **members: Any) -> int:
     record = AuditRecord(
         **new_record_identity(),
         time=record_time(runtime.clock()),
+        **_contract_terms(runtime, members.get("contract"), members.get("purpose")),
         **members,
     )
     return await runtime.audit.append(record)
+
+
+def _contract_terms(runtime: Runtime, contract_id: object, purpose: object) -> dict[str, Any]:
+    """What the contract said at the time: the purpose's legal basis, the retention duty."""
+    contract = runtime.contracts.current.get(contract_id) if isinstance(contract_id, str) else None
+    if contract is None:
+        return {}
+    basis = next((p.legal_basis for p in contract.purposes if p.id == purpose), None)
+    return {"legal_basis": basis, "retention_days": contract.retention_days}
 
 
 async def audit_refusal(

@@ -38,6 +38,8 @@ PrivateKeyObject = Ed25519PrivateKey | X25519PrivateKey | ec.EllipticCurvePrivat
 SIGNING_FILE = "signing.pem"
 ENCRYPTION_FILE = "encryption.pem"
 JWKS_FILE = "jwks.json"
+# The audit log's checkpoint key: always Ed25519 (C2SP signed notes), never used for messages.
+LOG_KEY_FILE = "log.pem"
 
 # A JWKS larger than this is refused before parsing: no agency needs hundreds of keys.
 MAX_JWKS_KEYS = 32
@@ -287,12 +289,18 @@ def write_private_file(path: Path, data: bytes) -> None:
 
 
 def write_key_dir(
-    directory: Path, alg: KeyAlgorithm = "ed25519", passphrase: bytes | None = None
+    directory: Path,
+    alg: KeyAlgorithm = "ed25519",
+    passphrase: bytes | None = None,
+    *,
+    log_key: bool = True,
 ) -> AgencyKeys:
-    """Generate an agency's keys into ``directory``: two PEMs and ``jwks.json``."""
+    """Generate an agency's keys into ``directory``: two PEMs, ``jwks.json`` and the log key."""
     signing, encryption = generate_private_keys(alg)
     write_private_file(directory / SIGNING_FILE, private_key_pem(signing, passphrase))
     write_private_file(directory / ENCRYPTION_FILE, private_key_pem(encryption, passphrase))
+    if log_key:
+        write_log_key(directory / LOG_KEY_FILE, passphrase)
     keys = AgencyKeys(signing=signing, encryption=encryption)
     jwks = json.dumps(jwks_document(keys.public_keys()), indent=2) + "\n"
     (directory / JWKS_FILE).write_text(jwks, encoding="utf-8")
@@ -322,6 +330,21 @@ def load_private_key(path: Path, use: KeyUse, passphrase: bytes | None = None) -
         return PrivateKey(key, use)
     except ValueError as exc:
         raise SetupError(str(path), f"a {use} key cannot be of this type: {exc}") from exc
+
+
+def write_log_key(path: Path, passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    """Generate the audit log's Ed25519 checkpoint key into ``path`` (PKCS#8 PEM, 0600)."""
+    key = Ed25519PrivateKey.generate()
+    write_private_file(path, private_key_pem(PrivateKey(key, "sig"), passphrase))
+    return key
+
+
+def load_log_key(path: Path, passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    """Load the audit log's checkpoint key; ``SetupError`` unless it is an Ed25519 key."""
+    key = load_private_key(path, "sig", passphrase).key
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SetupError(str(path), "the audit log key must be Ed25519 (C2SP signed notes)")
+    return key
 
 
 def load_agency_keys(

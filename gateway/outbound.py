@@ -287,9 +287,13 @@ class Consumer:
             ),
             "authorization_details": json.dumps([grant.to_json()]),
         }
-        status, _, raw, _ = await self.transport.post(
+        status, content_type, raw, headers = await self.transport.post(
             f"{provider_url}/v1/token", data=form, headers={"Accept": "application/json"}
         )
+        if status >= 500:
+            # Not a verdict on our request (the provider cannot log, is overloaded...):
+            # the client sees the provider's own problem, e.g. 503 audit-unavailable.
+            raise _upstream_problem(status, content_type, raw, headers)
         try:
             answer = json.loads(raw)
         except ValueError as exc:

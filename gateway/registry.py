@@ -36,7 +36,7 @@ from gateway.jose import (
     strict_json_object,
 )
 from gateway.keys import PrivateKey, PublicKey, jwks_document, parse_jwks
-from gateway.yamlfiles import load_strict_yaml
+from gateway.yamlfiles import load_strict_yaml, yaml_problem
 
 REGISTRY_TYP: Final = "registry+jwt"
 DEFAULT_ISS: Final = "registry-authority"
@@ -238,10 +238,7 @@ def _load_source(path: Path) -> _Source:
     try:
         document = load_strict_yaml(data)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "unreadable"
-        raise _Problem(None, f"not valid YAML{where}: {problem}") from exc
+        raise _Problem(None, yaml_problem(exc)) from exc
     if not isinstance(document, dict):
         raise _Problem(None, "must be a YAML mapping")
     try:

@@ -152,7 +152,7 @@ async def build_runtime(settings: GatewaySettings, clock: Clock = time.time) -> 
         stamp=_dir_stamp(settings),
         registry_serial=registry.current.serial,
     )
-    audit = await open_audit_log(settings.audit.store, settings.base_dir)
+    audit = await open_audit_log(settings, clock)
     return Runtime(
         settings=settings,
         keys=keys,

@@ -47,3 +47,11 @@ class StrictYamlLoader(yaml.SafeLoader):
 def load_strict_yaml(data: bytes | str) -> Any:
     """Parse YAML with :class:`StrictYamlLoader`; ``yaml.YAMLError`` names the problem."""
     return yaml.load(data, Loader=StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line naming what is wrong in a YAML text and where, for error messages."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or "unreadable"
+    return f"not valid YAML{where}: {problem}"

@@ -137,3 +137,62 @@ def fresh_network(tmp_path: Path) -> Iterator[LiveNetwork]:
     """A live network of its own, for tests that edit registry, contracts or stores."""
     with live_network(tmp_path / "network") as handle:
         yield handle
+
+
+# -- PostgreSQL ----------------------------------------------------------------
+# One server per test run: $GATEWAY_TEST_POSTGRES_URL (.ci/run starts one with
+# .ci/postgres.sh), else one started here with tests/pg.py; each test that asks
+# for postgres_store_url gets a fresh schema of its own, dropped afterwards.
+
+from collections.abc import AsyncIterator  # noqa: E402 - kept beside its only users
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a PostgreSQL server's empty ``gateway_test`` database."""
+    import os
+
+    from tests.pg import find_postgres_bin, start_postgres
+
+    configured = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
+    if configured:
+        yield configured
+        return
+    if find_postgres_bin() is None:
+        pytest.skip("PostgreSQL 15 server binaries not found")
+    url, stop = start_postgres(tmp_path_factory.mktemp("postgres"))
+    try:
+        yield url
+    finally:
+        stop()
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """``url`` whose connections use ``schema`` (libpq's ``options``, which asyncpg sends too).
+
+    The schema also becomes the ``application_name``, so a test can find its
+    store's connections in ``pg_stat_activity``.
+    """
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-csearch_path%3D{schema}&application_name={schema}"
+
+
+@pytest.fixture
+async def postgres_store_url(postgres_url: str) -> AsyncIterator[str]:
+    """A URL selecting a fresh empty schema ``t_<random>``, dropped after the test."""
+    import secrets
+
+    import asyncpg
+
+    schema = f"t_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+    finally:
+        await conn.close()
+    yield with_search_path(postgres_url, schema)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    finally:
+        await conn.close()

@@ -294,7 +294,7 @@ class TestValidation:
         assert (problems[0].source, problems[0].field) == (str(path), None)
         assert reason in problems[0].reason
         if "mapping" not in reason:
-            assert "(line " in problems[0].reason
+            assert " at line " in problems[0].reason
 
     def test_invalid_utf8_is_refused(self, tmp_path: Path) -> None:
         """Bytes that are not text are a YAML error, not a crash."""

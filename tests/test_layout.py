@@ -22,6 +22,15 @@ PURE_MODULES = (
     "gateway.replay",
     "gateway.ratelimit",
     "gateway.audit.records",
+    "gateway.audit.merkle",
+    "gateway.audit.note",
+    "gateway.audit.checkpoint",
+    "gateway.audit.query",
+    "gateway.audit.bundle",
+    "gateway.audit.verify",
+    "gateway.audit.store",
+    "gateway.audit.log",
+    "gateway.processing",
 )
 
 

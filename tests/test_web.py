@@ -42,6 +42,12 @@ ROUTES: Final = frozenset(
         "/healthz",
         "/readyz",
         "/metrics",
+        "/v1/audit/key",
+        "/v1/audit/checkpoint",
+        "/v1/audit/records",
+        "/v1/audit/records/{index}",
+        "/v1/audit/proof/inclusion",
+        "/v1/audit/proof/consistency",
         "unmatched",
     }
 )

@@ -461,7 +461,7 @@ def audit_path(net: LiveNetwork, agency: str) -> Path:
 def audit_records(path: Path) -> list[tuple[int, bytes]]:
     """Every (index, leaf bytes) of an audit store, read with a separate connection."""
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-        rows = conn.execute("SELECT idx, leaf FROM audit_records ORDER BY idx").fetchall()
+        rows = conn.execute("SELECT idx, leaf FROM audit_leaves ORDER BY idx").fetchall()
     return [(int(index), bytes(leaf)) for index, leaf in rows]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from hashlib import sha256
 from pathlib import Path
@@ -24,7 +25,8 @@ SCHEMA_VERSION: Final = 1
 AUDIT_KEY_BYTES: Final = 32
 
 RecordKind = Literal["exchange", "token", "refusal", "officer-query"]
-Direction = Literal["inbound", "outbound"]
+# "local": an officer's query of this gateway's own log, not a message between gateways.
+Direction = Literal["inbound", "outbound", "local"]
 Outcome = Literal["ok", "refused", "error"]
 
 
@@ -34,6 +36,9 @@ class AuditRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: int = SCHEMA_VERSION
+    # Set by the log's writer: a leaf names its own position, so rows swapped or
+    # moved in the store are caught by reading one leaf, not only by the root.
+    index: int | None = None
     record_id: str
     salt: str
     time: str
@@ -47,6 +52,9 @@ class AuditRecord(BaseModel):
     contract: str | None = None
     contract_version: int | None = None
     purpose: str | None = None
+    legal_basis: str | None = None
+    # The consumer's retention duty for the released data, as the contract set it.
+    retention_days: int | None = None
     client: str | None = None
     end_user: str | None = None
     subject: str | None = None
@@ -58,16 +66,27 @@ class AuditRecord(BaseModel):
     resp_hash: str | None = None
     evidence: str | None = None
     latency_us: int | None = None
+    officer: str | None = None
+    query: dict[str, str] | None = None
 
     def leaf_bytes(self) -> bytes:
         """The stored bytes: RFC 8785 (JCS) canonical JSON without absent members."""
         return bytes(rfc8785.dumps(self.model_dump(exclude_none=True)))
 
+    def at_index(self, index: int) -> AuditRecord:
+        """This record placed at ``index`` of the log."""
+        return self.model_copy(update={"index": index})
+
 
 def record_time(now: float) -> str:
     """RFC 3339 UTC time with milliseconds, ending in ``Z``."""
     moment = datetime.fromtimestamp(now, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # %Y is not zero-padded below year 1000 (glibc): times must compare as text.
+    return (
+        f"{moment.year:04d}"
+        + moment.strftime("-%m-%dT%H:%M:%S.")
+        + f"{moment.microsecond // 1000:03d}Z"
+    )
 
 
 def new_record_identity() -> dict[str, str]:
@@ -76,28 +95,86 @@ def new_record_identity() -> dict[str, str]:
 
 
 class Pseudonymizer:
-    """HMAC-SHA-256 pseudonyms under the audit key: findable by who knows the id."""
+    """HMAC-SHA-256 pseudonyms under the audit key: findable by who knows the id.
 
-    def __init__(self, key: bytes) -> None:
-        if len(key) < AUDIT_KEY_BYTES:
-            raise ValueError(f"the audit key must be at least {AUDIT_KEY_BYTES} bytes")
-        self._key = key
+    The key rotates by epoch. New records use the newest epoch's key; a search
+    tries every epoch still listed, so records stay findable until their
+    epoch's key is removed, after which nobody can link them to an id.
+    """
+
+    def __init__(self, keys: Mapping[int, bytes]) -> None:
+        if not keys:
+            raise ValueError("no audit key")
+        for epoch, key in keys.items():
+            if epoch < 1:
+                raise ValueError(f"audit key epoch {epoch} is not a positive number")
+            if len(key) < AUDIT_KEY_BYTES:
+                raise ValueError(f"the audit key must be at least {AUDIT_KEY_BYTES} bytes")
+        self._keys = dict(sorted(keys.items()))
+        self.epoch = max(self._keys)
+
+    @property
+    def epochs(self) -> tuple[int, ...]:
+        """Every live epoch, oldest first."""
+        return tuple(self._keys)
 
     def __call__(self, value: str) -> str:
-        """base64url(HMAC-SHA-256(audit key, value))."""
-        return b64url(hmac.new(self._key, value.encode("utf-8"), sha256).digest())
+        """base64url(HMAC-SHA-256(current epoch key, value))."""
+        return self._pseudonym(self._keys[self.epoch], value)
+
+    def all_pseudonyms(self, value: str) -> list[str]:
+        """``value``'s pseudonym under every live epoch key, newest first."""
+        return [self._pseudonym(self._keys[epoch], value) for epoch in reversed(self._keys)]
+
+    @staticmethod
+    def _pseudonym(key: bytes, value: str) -> str:
+        return b64url(hmac.new(key, value.encode("utf-8"), sha256).digest())
+
+
+def _key_line(epoch: int) -> bytes:
+    return f"{epoch} {b64url(secrets.token_bytes(AUDIT_KEY_BYTES))}\n".encode()
 
 
 def generate_audit_key(path: Path) -> None:
-    """Write a new random audit key (base64url text, mode 0600)."""
-    write_private_file(path, (b64url(secrets.token_bytes(AUDIT_KEY_BYTES)) + "\n").encode())
+    """Write a new audit key file holding epoch 1 (base64url text, mode 0600)."""
+    write_private_file(path, _key_line(1))
+
+
+def rotate_audit_key(path: Path) -> int:
+    """Append a key for the next epoch to the audit key file; the new epoch."""
+    current = load_audit_key(path)
+    epoch = current.epoch + 1
+    staged = path.with_name(path.name + ".new")
+    staged.unlink(missing_ok=True)
+    write_private_file(staged, path.read_bytes() + _key_line(epoch))
+    # A rename is atomic: a crash leaves the old file or the new one, never half.
+    staged.replace(path)
+    return epoch
+
+
+def parse_audit_keys(text: str) -> dict[int, bytes]:
+    """Parse an audit key file: lines of ``EPOCH KEY``; a lone ``KEY`` line is epoch 1."""
+    keys: dict[int, bytes] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) == 1:
+            parts = ["1", parts[0]]
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise ValueError(f"line {number} is not 'EPOCH KEY'")
+        epoch = int(parts[0])
+        if epoch in keys:
+            raise ValueError(f"line {number} repeats epoch {epoch}")
+        keys[epoch] = b64url_decode(parts[1])
+    return keys
 
 
 def load_audit_key(path: Path) -> Pseudonymizer:
-    """Load the audit key written by :func:`generate_audit_key`."""
+    """Load the audit key file written by :func:`generate_audit_key`."""
     try:
-        text = path.read_text(encoding="ascii").strip()
-        return Pseudonymizer(b64url_decode(text))
+        text = path.read_text(encoding="ascii")
+        return Pseudonymizer(parse_audit_keys(text))
     except OSError as exc:
         raise SetupError(str(path), f"cannot read the audit key ({exc.strerror})") from exc
     except ValueError as exc:

@@ -1,10 +1,14 @@
-"""Durable audit storage behind a small interface.
+"""Where the Merkle log lives: one small interface, an embedded SQLite store.
 
-:class:`AuditLog` is the seam the exchange pipeline depends on. The embedded
-default, :class:`SqliteAuditLog`, keeps records in a SQLite file in WAL mode
-with ``synchronous=FULL``: an append returns only after its transaction is on
-disk. One writer thread group-commits whatever appends are waiting, so
-concurrent exchanges share one fsync instead of queueing for their own.
+A store keeps three tables: the leaves (hash, bytes, and the few columns an
+officer filters on), the perfect subtree hashes of the tree (so a proof or a
+root costs O(log n) reads at any size), and the signed checkpoints.
+
+Every batch is appended in one transaction that holds the log's single
+sequencer (SQLite's write lock here, an advisory lock in PostgreSQL): it reads
+the tree's right border from the store, not from memory, so several writers
+(processes or gateway instances) still produce one contiguous tree.
+:func:`build_batch` is the pure part that both stores share.
 """
 
 from __future__ import annotations
@@ -12,175 +16,499 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 from urllib.parse import urlparse
 
-from gateway.audit.records import AuditRecord
-from gateway.errors import AuditUnavailable, SetupError
-
-# Appends committed in one transaction at most; bounds one batch's latency.
-MAX_BATCH: Final = 512
-
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS audit_records (
-    idx  INTEGER PRIMARY KEY,
-    leaf BLOB NOT NULL
+from gateway.audit.merkle import (
+    CompactRange,
+    NodeKey,
+    border_nodes,
+    leaf_hash,
+    root_from_border,
 )
+from gateway.audit.query import RecordQuery
+from gateway.audit.records import AuditRecord
+from gateway.errors import SetupError
+
+_T = TypeVar("_T")
+
+# The record members copied into columns so officers can filter without parsing leaves.
+INDEXED_MEMBERS: Final = (
+    "time",
+    "kind",
+    "consumer",
+    "provider",
+    "contract",
+    "purpose",
+    "outcome",
+    "subject",
+)
+LEAF_COLUMNS: Final = ("idx", "leaf_hash", "leaf", *INDEXED_MEMBERS, "expires_at")
+
+
+def schema_sql(*, integer: str, blob: str, sorted_text: str, table_suffix: str = "") -> str:
+    """The three tables in one SQL dialect; only type names differ between stores.
+
+    ``sorted_text`` must compare byte-wise: times are compared as text.
+    """
+    return f"""
+CREATE TABLE IF NOT EXISTS audit_leaves (
+    idx        {integer} PRIMARY KEY,
+    leaf_hash  {blob} NOT NULL,
+    leaf       {blob},
+    time       {sorted_text},
+    kind       TEXT,
+    consumer   TEXT,
+    provider   TEXT,
+    contract   TEXT,
+    purpose    TEXT,
+    outcome    TEXT,
+    subject    TEXT,
+    expires_at {sorted_text}
+);
+CREATE INDEX IF NOT EXISTS audit_leaves_subject ON audit_leaves (subject);
+CREATE INDEX IF NOT EXISTS audit_leaves_time ON audit_leaves (time);
+CREATE INDEX IF NOT EXISTS audit_leaves_expiry ON audit_leaves (expires_at)
+    WHERE leaf IS NOT NULL;
+CREATE TABLE IF NOT EXISTS audit_nodes (
+    level INTEGER NOT NULL,
+    idx   {integer} NOT NULL,
+    hash  {blob} NOT NULL,
+    PRIMARY KEY (level, idx)
+){table_suffix};
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    size    {integer} PRIMARY KEY,
+    root    {blob} NOT NULL,
+    note    TEXT NOT NULL
+);
 """
 
 
-class AuditLog(Protocol):
-    """Append-only, durable audit storage."""
-
-    async def append(self, record: AuditRecord) -> int:
-        """Store ``record`` durably and return its index; ``AuditUnavailable`` if it cannot."""
-
-    async def size(self) -> int:
-        """How many records the log holds."""
-
-    async def read(self, index: int) -> bytes:
-        """The stored leaf bytes of record ``index``."""
-
-    def healthy(self) -> bool:
-        """False once a write has failed and the store has not recovered."""
-
-    async def close(self) -> None:
-        """Finish pending appends and release the store."""
+# SQLite's TEXT compares byte-wise (BINARY collation) already.
+SQLITE_SCHEMA: Final = schema_sql(
+    integer="INTEGER", blob="BLOB", sorted_text="TEXT", table_suffix=" WITHOUT ROWID"
+)
 
 
-class SqliteAuditLog:
-    """The embedded audit store: one SQLite file, one writer thread, group commit."""
+class AuditStoreError(Exception):
+    """The store could not do what was asked (I/O, lock, lost connection)."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-sqlite")
-        self._conn: sqlite3.Connection | None = None
-        self._next_index = 0
-        self._pending: list[tuple[bytes, asyncio.Future[int]]] = []
-        self._wakeup: asyncio.Event | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._healthy = True
-        self._closing = False
+
+@dataclass(frozen=True)
+class PendingEntry:
+    """A record waiting for its index, and when its leaf bytes may be deleted."""
+
+    record: AuditRecord
+    expires_at: str | None
+
+
+@dataclass(frozen=True)
+class StoredLeaf:
+    """One leaf as stored; ``leaf`` is None once retention deleted its bytes."""
+
+    index: int
+    leaf_hash: bytes
+    leaf: bytes | None
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A signed checkpoint as stored: its size, root and the whole signed note."""
+
+    size: int
+    root: bytes
+    note: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The rows one append transaction inserts."""
+
+    leaves: list[tuple[object, ...]]
+    nodes: list[tuple[int, int, bytes]]
+
+
+def build_batch(first: int, border: Sequence[bytes], entries: Sequence[PendingEntry]) -> Batch:
+    """Place ``entries`` at ``first``, ``first + 1``, ... of the tree with right border ``border``.
+
+    Returns the leaf rows (in :data:`LEAF_COLUMNS` order) and every perfect
+    subtree hash the new leaves complete.
+    """
+    tree = CompactRange.from_border(first, border)
+    leaves: list[tuple[object, ...]] = []
+    nodes: list[tuple[int, int, bytes]] = []
+    for offset, entry in enumerate(entries):
+        index = first + offset
+        record = entry.record.at_index(index)
+        leaf = record.leaf_bytes()
+        digest = leaf_hash(leaf)
+        nodes.extend(tree.push(digest))
+        columns = tuple(getattr(record, name) for name in INDEXED_MEMBERS)
+        leaves.append((index, digest, leaf, *columns, entry.expires_at))
+    return Batch(leaves, nodes)
+
+
+# SQL both stores share. Only constant column names and ``mark(n)`` placeholders are
+# formatted into the text; every value is bound.
+Mark = Callable[[int], str]
+
+
+def insert_leaves_sql(mark: Mark) -> str:
+    """``INSERT`` of one leaf row in :data:`LEAF_COLUMNS` order."""
+    marks = ", ".join(mark(n) for n in range(1, len(LEAF_COLUMNS) + 1))
+    return f"INSERT INTO audit_leaves ({', '.join(LEAF_COLUMNS)}) VALUES ({marks})"  # noqa: S608
+
+
+def find_sql(query: RecordQuery, mark: Mark) -> tuple[str, list[object]]:
+    """The ``SELECT`` of one page of ``query`` and its bound values."""
+    where, values = query.where(mark)
+    sql = (
+        f"SELECT idx, leaf_hash, leaf FROM audit_leaves WHERE {where}"  # noqa: S608
+        f" ORDER BY idx {'ASC' if query.order == 'asc' else 'DESC'} LIMIT {int(query.limit)}"
+    )
+    return sql, values
+
+
+def expire_sql(mark: Mark) -> str:
+    """Delete the bytes and filter columns of leaves whose retention ended; keep the hash."""
+    # The time stays: officers still see that a record existed then, and what it was is gone.
+    cleared = ", ".join(f"{name} = NULL" for name in ("leaf", *INDEXED_MEMBERS) if name != "time")
+    return (
+        f"UPDATE audit_leaves SET {cleared}"  # noqa: S608
+        f" WHERE leaf IS NOT NULL AND expires_at <= {mark(1)}"
+    )
+
+
+class AuditStore(Protocol):
+    """Durable storage of the Merkle log; every method may raise ``AuditStoreError``."""
 
     async def open(self) -> None:
-        """Open (or create) the file and start the writer."""
-        loop = asyncio.get_running_loop()
-        try:
-            self._next_index = await loop.run_in_executor(self._executor, self._open_sync)
-        except sqlite3.Error as exc:
-            raise SetupError(str(self._path), f"cannot open the audit store: {exc}") from exc
-        self._wakeup = asyncio.Event()
-        self._writer = asyncio.create_task(self._write_loop(self._wakeup), name="audit-writer")
+        """Connect and create the tables if they do not exist."""
 
-    def _open_sync(self) -> int:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+    async def append_batch(self, entries: Sequence[PendingEntry]) -> int:
+        """Append ``entries`` in one transaction under the sequencer; the first index."""
+
+    async def size(self) -> int:
+        """How many leaves are committed (the next index)."""
+
+    async def count(self, below: int | None = None) -> int:
+        """How many leaf rows exist with index < ``below`` (all if None).
+
+        ``count(below=n) == n`` for any ``n`` read from ``size()`` unless rows were
+        deleted: every index below a committed one is committed (one sequencer).
+        """
+
+    async def hashes(self, keys: Collection[NodeKey]) -> dict[NodeKey, bytes]:
+        """The stored hashes of ``keys`` (level 0: leaf hashes); missing keys are absent."""
+
+    async def leaves(self, start: int, end: int) -> list[StoredLeaf]:
+        """The stored leaves with ``start <= index < end``, by index."""
+
+    async def nodes(self, level: int, start: int, end: int) -> list[tuple[int, bytes]]:
+        """Stored ``(index, hash)`` of one level with ``start <= index < end``, by index."""
+
+    async def find(self, query: RecordQuery) -> list[StoredLeaf]:
+        """One page of leaves matching ``query``, in its order."""
+
+    async def add_checkpoint(
+        self, sign: Callable[[int, bytes], str], min_size: int = 1
+    ) -> StoredCheckpoint | None:
+        """Under the sequencer, sign the current tree if it grew; the new checkpoint or None."""
+
+    async def checkpoints(self) -> list[StoredCheckpoint]:
+        """Every stored checkpoint, smallest first."""
+
+    async def latest_checkpoint(self) -> StoredCheckpoint | None:
+        """The checkpoint of the largest tree, if any."""
+
+    async def expire(self, now: str) -> int:
+        """Delete leaf bytes (and filter columns but time) whose retention ended by ``now``."""
+
+    async def close(self) -> None:
+        """Release connections; pending calls fail with ``AuditStoreError``."""
+
+
+def _sqlite_mark(_: int) -> str:
+    return "?"
+
+
+class SqliteAuditStore:
+    """The embedded store: one SQLite file in WAL mode with ``synchronous=FULL``.
+
+    A write thread owns the writing connection and a read thread its own, so
+    officer queries never wait behind a commit. ``BEGIN IMMEDIATE`` takes the
+    file's write lock, the sequencer for every process sharing the file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-write")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-read")
+        self._write_conn: sqlite3.Connection | None = None
+        self._read_conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=5.0
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        conn.execute(_SCHEMA)
-        self._conn = conn
-        row = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_records").fetchone()
-        return int(row[0])
+        return conn
 
-    def healthy(self) -> bool:
-        """False after a failed write until a later write succeeds."""
-        return self._healthy
+    async def open(self) -> None:
+        """Create the file and tables if needed; ``SetupError`` if the file is unusable."""
+        try:
+            await self._run(self._writer, self._open_writer)
+            await self._run(self._reader, self._open_reader)
+        except AuditStoreError as exc:
+            await self.close()
+            raise SetupError(str(self.path), f"cannot open the audit store: {exc}") from exc
 
-    async def append(self, record: AuditRecord) -> int:
-        """Queue ``record`` for the next group commit and wait until it is durable."""
-        if self._writer is None or self._wakeup is None or self._closing:
-            raise AuditUnavailable("the audit log is not open")
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((record.leaf_bytes(), future))
-        self._wakeup.set()
-        return await future
+    def _open_writer(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if "audit_records" in tables:
+            conn.close()
+            raise sqlite3.DatabaseError(
+                "it holds a plain audit table from before the Merkle log; "
+                "archive it and start a new store"
+            )
+        conn.executescript(SQLITE_SCHEMA)
+        self._write_conn = conn
 
-    async def _write_loop(self, wakeup: asyncio.Event) -> None:
+    def _open_reader(self) -> None:
+        self._read_conn = self._connect()
+
+    async def _run(self, executor: ThreadPoolExecutor, work: Callable[[], _T]) -> _T:
+        if self._closed:
+            raise AuditStoreError("the audit store is closed")
         loop = asyncio.get_running_loop()
-        while not (self._closing and not self._pending):
-            await wakeup.wait()
-            wakeup.clear()
-            while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                leaves = [leaf for leaf, _ in batch]
-                try:
-                    first = await loop.run_in_executor(self._executor, self._commit, leaves)
-                except sqlite3.Error:
-                    self._healthy = False
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(
-                                AuditUnavailable("the audit log cannot be written")
-                            )
-                    continue
-                self._healthy = True
-                for offset, (_, future) in enumerate(batch):
-                    if not future.done():
-                        future.set_result(first + offset)
+        try:
+            return await loop.run_in_executor(executor, work)
+        except (sqlite3.Error, OSError, OverflowError) as exc:
+            raise AuditStoreError(str(exc)) from exc
+        except RuntimeError as exc:
+            if self._closed:  # the executor shut down while the call waited
+                raise AuditStoreError("the audit store is closed") from exc
+            raise
 
-    def _commit(self, leaves: list[bytes]) -> int:
-        conn = self._conn
+    def _conn(self, conn: sqlite3.Connection | None) -> sqlite3.Connection:
         if conn is None:
-            raise sqlite3.OperationalError("audit store closed")
-        first = self._next_index
+            raise sqlite3.OperationalError("the audit store is closed")
+        return conn
+
+    async def append_batch(self, entries: Sequence[PendingEntry]) -> int:
+        """Append in one ``BEGIN IMMEDIATE`` transaction; the first index."""
+        return await self._run(self._writer, lambda: self._append_sync(entries))
+
+    def _append_sync(self, entries: Sequence[PendingEntry]) -> int:
+        conn = self._conn(self._write_conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
+            first = _sqlite_size(conn)
+            batch = build_batch(first, _sqlite_border(conn, first), entries)
+            conn.executemany(insert_leaves_sql(_sqlite_mark), batch.leaves)
             conn.executemany(
-                "INSERT INTO audit_records (idx, leaf) VALUES (?, ?)",
-                [(first + offset, leaf) for offset, leaf in enumerate(leaves)],
+                "INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)", batch.nodes
             )
             conn.execute("COMMIT")
-        except sqlite3.Error:
+        except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
-        self._next_index = first + len(leaves)
         return first
 
     async def size(self) -> int:
-        """How many records are committed."""
-        return self._next_index
+        """The next index: one past the largest stored."""
+        return await self._run(self._reader, lambda: _sqlite_size(self._conn(self._read_conn)))
 
-    async def read(self, index: int) -> bytes:
-        """The leaf bytes of record ``index``; ``KeyError`` if there is none."""
-        if self._conn is None:
-            raise KeyError(index)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._read_sync, index)
+    async def count(self, below: int | None = None) -> int:
+        """How many leaf rows exist with index < ``below`` (all if None)."""
+        limit = min(below, 1 << 62) if below is not None else 1 << 62
 
-    def _read_sync(self, index: int) -> bytes:
-        conn = self._conn
-        if conn is None:  # closed while the read waited for the writer thread
-            raise KeyError(index)
-        row = conn.execute("SELECT leaf FROM audit_records WHERE idx = ?", (index,)).fetchone()
-        if row is None:
-            raise KeyError(index)
-        return bytes(row[0])
+        def work() -> int:
+            row = self._conn(self._read_conn).execute(
+                "SELECT COUNT(*) FROM audit_leaves WHERE idx < ?", (limit,)
+            )
+            return int(row.fetchone()[0])
+
+        return await self._run(self._reader, work)
+
+    async def hashes(self, keys: Collection[NodeKey]) -> dict[NodeKey, bytes]:
+        """Stored hashes of ``keys``."""
+        return await self._run(
+            self._reader, lambda: _sqlite_hashes(self._conn(self._read_conn), keys)
+        )
+
+    async def leaves(self, start: int, end: int) -> list[StoredLeaf]:
+        """Leaves in ``[start, end)``."""
+        end = min(end, (1 << 63) - 1)  # SQLite integers are signed 64-bit
+
+        def work() -> list[StoredLeaf]:
+            rows = self._conn(self._read_conn).execute(
+                "SELECT idx, leaf_hash, leaf FROM audit_leaves"
+                " WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (start, end),
+            )
+            return [_stored_leaf(row) for row in rows]
+
+        return await self._run(self._reader, work)
+
+    async def nodes(self, level: int, start: int, end: int) -> list[tuple[int, bytes]]:
+        """Stored hashes of one level in ``[start, end)``."""
+
+        def work() -> list[tuple[int, bytes]]:
+            rows = self._conn(self._read_conn).execute(
+                "SELECT idx, hash FROM audit_nodes"
+                " WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx",
+                (level, start, end),
+            )
+            return [(int(index), bytes(digest)) for index, digest in rows]
+
+        return await self._run(self._reader, work)
+
+    async def find(self, query: RecordQuery) -> list[StoredLeaf]:
+        """One page of matching leaves."""
+        sql, values = find_sql(query, _sqlite_mark)
+
+        def work() -> list[StoredLeaf]:
+            return [_stored_leaf(row) for row in self._conn(self._read_conn).execute(sql, values)]
+
+        return await self._run(self._reader, work)
+
+    async def add_checkpoint(
+        self, sign: Callable[[int, bytes], str], min_size: int = 1
+    ) -> StoredCheckpoint | None:
+        """Sign the current tree under the write lock if it is larger than the last checkpoint."""
+        return await self._run(self._writer, lambda: self._checkpoint_sync(sign, min_size))
+
+    def _checkpoint_sync(
+        self, sign: Callable[[int, bytes], str], min_size: int
+    ) -> StoredCheckpoint | None:
+        conn = self._conn(self._write_conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            size = _sqlite_size(conn)
+            row = conn.execute("SELECT COALESCE(MAX(size), 0) FROM audit_checkpoints").fetchone()
+            if size < max(min_size, int(row[0]) + 1):
+                conn.execute("ROLLBACK")
+                return None
+            root = root_from_border(_sqlite_border(conn, size))
+            note = sign(size, root)
+            conn.execute(
+                "INSERT INTO audit_checkpoints (size, root, note) VALUES (?, ?, ?)",
+                (size, root, note),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return StoredCheckpoint(size, root, note)
+
+    async def checkpoints(self) -> list[StoredCheckpoint]:
+        """Every checkpoint, smallest first."""
+
+        def work() -> list[StoredCheckpoint]:
+            rows = self._conn(self._read_conn).execute(
+                "SELECT size, root, note FROM audit_checkpoints ORDER BY size"
+            )
+            return [StoredCheckpoint(int(s), bytes(r), str(n)) for s, r, n in rows]
+
+        return await self._run(self._reader, work)
+
+    async def latest_checkpoint(self) -> StoredCheckpoint | None:
+        """The largest checkpoint."""
+
+        def work() -> StoredCheckpoint | None:
+            row = (
+                self._conn(self._read_conn)
+                .execute(
+                    "SELECT size, root, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1"
+                )
+                .fetchone()
+            )
+            return None if row is None else StoredCheckpoint(int(row[0]), bytes(row[1]), row[2])
+
+        return await self._run(self._reader, work)
+
+    async def expire(self, now: str) -> int:
+        """Delete expired leaf bytes and filter columns; the leaf hash stays."""
+
+        def work() -> int:
+            cursor = self._conn(self._write_conn).execute(expire_sql(_sqlite_mark), (now,))
+            return int(cursor.rowcount)
+
+        return await self._run(self._writer, work)
 
     async def close(self) -> None:
-        """Let pending appends commit, stop the writer, close the file."""
-        if self._writer is not None and self._wakeup is not None:
-            self._closing = True
-            self._wakeup.set()
-            await self._writer
-            self._writer = None
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
-        self._executor.shutdown(wait=True)
+        """Close both connections and stop the threads."""
+        for executor, name in ((self._writer, "_write_conn"), (self._reader, "_read_conn")):
+            conn = getattr(self, name)
+            setattr(self, name, None)
+            if conn is not None:
+                with contextlib.suppress(AuditStoreError):
+                    await self._run(executor, conn.close)
+            executor.shutdown(wait=True)
+        self._closed = True
 
 
-async def open_audit_log(url: str, base_dir: Path) -> AuditLog:
-    """Open the store a URL names: ``sqlite:///abs/path.db`` or ``sqlite:relative.db``."""
+def _sqlite_size(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_leaves").fetchone()[0])
+
+
+def _sqlite_border(conn: sqlite3.Connection, size: int) -> list[bytes]:
+    """The hashes of ``border_nodes(size)``; a missing one is a database fault, not a KeyError."""
+    keys = border_nodes(size)
+    found = _sqlite_hashes(conn, keys)
+    missing = [key for key in keys if key not in found]
+    if missing:
+        raise sqlite3.DatabaseError(
+            f"the stored tree of {size} leaves lacks its border node {missing[0]}"
+        )
+    return [found[key] for key in keys]
+
+
+def _sqlite_hashes(conn: sqlite3.Connection, keys: Collection[NodeKey]) -> dict[NodeKey, bytes]:
+    found: dict[NodeKey, bytes] = {}
+    for level, index in keys:
+        if level == 0:
+            row = conn.execute("SELECT leaf_hash FROM audit_leaves WHERE idx = ?", (index,))
+        else:
+            row = conn.execute(
+                "SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?", (level, index)
+            )
+        value = row.fetchone()
+        if value is not None:
+            found[(level, index)] = bytes(value[0])
+    return found
+
+
+def _stored_leaf(row: tuple[int, bytes, bytes | None]) -> StoredLeaf:
+    index, digest, leaf = row
+    return StoredLeaf(int(index), bytes(digest), None if leaf is None else bytes(leaf))
+
+
+def open_store(url: str, base_dir: Path) -> AuditStore:
+    """The store a URL names: ``sqlite:relative.db``, ``sqlite:///abs.db`` or ``postgresql://...``."""
     parsed = urlparse(url)
+    if parsed.scheme in ("postgresql", "postgres"):
+        # asyncpg is loaded only by agencies that use PostgreSQL.
+        from gateway.audit.postgres import PostgresAuditStore  # noqa: PLC0415
+
+        return PostgresAuditStore(url)
     if parsed.scheme != "sqlite":
-        raise SetupError("audit.store", f"unsupported store scheme {parsed.scheme!r}: use sqlite")
+        raise SetupError(
+            "audit.store", f"unsupported store scheme {parsed.scheme!r}: use sqlite or postgresql"
+        )
     raw = parsed.path if parsed.netloc == "" else parsed.netloc + parsed.path
     if not raw:
         raise SetupError("audit.store", "the sqlite URL names no file")
     path = Path(raw)
-    log = SqliteAuditLog(path if path.is_absolute() else base_dir / path)
-    await log.open()
-    return log
+    return SqliteAuditStore(path if path.is_absolute() else base_dir / path)

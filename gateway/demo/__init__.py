@@ -110,6 +110,14 @@ def _print_welcome(directory: Path, demo: dict[str, Any]) -> None:
         f"    -H 'Content-Type: application/json' \\\n"
         f'    -d \'{{"national_id": "{subject}", "year": 2025}}\'\n'
     )
+    tax = demo["agencies"][TAX]
+    print("Then, as the tax authority's privacy officer, see every access to that person:\n")
+    print(
+        f"  curl -s '{tax['url']}/v1/audit/records?subject={subject}' \\\n"
+        f"    -H 'Authorization: Bearer {tax['officer_key']}'\n"
+        f"  gateway audit subject-report {subject} --config {directory / tax['config']}\n"
+        f"  gateway audit verify --config {directory / tax['config']}\n"
+    )
     print("Press Ctrl-C to stop.")
 
 

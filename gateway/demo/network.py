@@ -139,7 +139,7 @@ def _write_yaml(path: Path, document: Any) -> None:
 def build_network(directory: Path, port_base: int, now: datetime) -> dict[str, Any]:
     """Write a complete demo network into ``directory``; return the ``demo.json`` document."""
     directory.mkdir(parents=True, exist_ok=True)
-    authority = write_key_dir(directory / "authority")
+    authority = write_key_dir(directory / "authority", log_key=False)
     shutil.copy(directory / "authority" / "jwks.json", directory / "authority.jwks.json")
     keys: dict[str, AgencyKeys] = {}
     for agency in AGENCY_NAMES:

@@ -31,6 +31,7 @@ from gateway.keys import jwks_document
 from gateway.observability import get_logger
 from gateway.outbound import ClientRequest, Consumer, HttpPeerTransport
 from gateway.runtime import Runtime
+from gateway.web.officer import add_officer_routes
 from gateway.web.problems import (
     http_problem_response,
     internal_error_response,
@@ -274,4 +275,5 @@ def create_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    add_officer_routes(app, runtime)
     return app
