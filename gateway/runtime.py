@@ -20,7 +20,8 @@ from gateway.config import GatewaySettings
 from gateway.contracts import Contract, ContractSet, load_contract_dir, verify_signatures
 from gateway.errors import SetupError
 from gateway.keys import AgencyKeys, load_agency_keys, load_public_key_file
-from gateway.observability import GatewayMetrics, get_logger
+from gateway.metrics import GatewayMetrics
+from gateway.observability import get_logger
 from gateway.ratelimit import RateLimiter
 from gateway.registry import Registry, RegistryHolder
 from gateway.replay import MemoryReplayCache, ReplayCache
@@ -54,6 +55,10 @@ class Runtime:
     rate_limiter: RateLimiter = field(default_factory=RateLimiter)
     clock: Clock = time.time
     in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        # Label checks and the scrape-time gauges read this runtime; the audit log reports to it.
+        self.metrics.bind(self)
 
     @property
     def agency(self) -> str:

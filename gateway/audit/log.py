@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from gateway.audit.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from gateway.audit.merkle import (
@@ -61,6 +62,28 @@ class CheckpointPolicy:
 RetentionDays = Callable[[str | None], int]
 
 
+class AuditObserver(Protocol):
+    """Who is told about commits and store failures (the gateway's metrics).
+
+    Calls are made from the writer task and must be quick; the audit package
+    itself knows nothing of Prometheus.
+    """
+
+    def audit_committed(self, waits: Sequence[float]) -> None:
+        """One group commit; ``waits[i]`` is how long record i waited to be durable."""
+
+    def audit_store_error(self) -> None:
+        """A commit failed, or background work on the store (checkpoint, retention) did."""
+
+
+class _NoObserver:
+    def audit_committed(self, waits: Sequence[float]) -> None:
+        pass
+
+    def audit_store_error(self) -> None:
+        pass
+
+
 class AuditLog:
     """One agency's Merkle audit log over an :class:`AuditStore`."""
 
@@ -73,6 +96,7 @@ class AuditLog:
         retention_days: RetentionDays = lambda _contract: 3650,
         policy: CheckpointPolicy | None = None,
         clock: Callable[[], float] = time.time,
+        observer: AuditObserver | None = None,
     ) -> None:
         self.store = store
         self.origin = origin
@@ -81,14 +105,19 @@ class AuditLog:
         self._retention_days = retention_days
         self._policy = policy or CheckpointPolicy()
         self.clock = clock
-        self._pending: list[tuple[PendingEntry, asyncio.Future[int]]] = []
+        self.observer: AuditObserver = observer or _NoObserver()
+        # Each pending append with its future and its perf_counter() reading at append().
+        self._pending: list[tuple[PendingEntry, asyncio.Future[int], float]] = []
         self._wakeup: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._healthy = True
         self._closing = False
         self._since_checkpoint = 0
         self.last_checkpoint_time: float | None = None
+        self.opened_at: float | None = None
         self.appended = 0
+        # Records in the tree as last seen by this log (at open, then after each commit).
+        self.tree_size = 0
         self._log = get_logger(component="audit", origin=origin)
 
     # -- life cycle --------------------------------------------------------
@@ -101,6 +130,7 @@ class AuditLog:
         except BaseException:
             await self.store.close()
             raise
+        self.opened_at = self.clock()
         self._wakeup = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._write_loop(self._wakeup), name="audit-writer"),
@@ -116,6 +146,7 @@ class AuditLog:
             count = await self.store.count(below=size)
         except AuditStoreError as exc:
             raise SetupError(self.origin, f"cannot read the audit store: {exc}") from exc
+        self.tree_size = size
         if count != size:
             raise SetupError(
                 self.origin,
@@ -123,6 +154,8 @@ class AuditLog:
                 "records were deleted; run `gateway audit verify`",
             )
         if latest is None:
+            if size == 0:  # an empty tree is covered without a checkpoint
+                self.last_checkpoint_time = self.clock()
             return
         try:
             signed = open_checkpoint(self.verifier, latest.note, self.origin)
@@ -183,7 +216,7 @@ class AuditLog:
             raise AuditUnavailable("the audit log is not open")
         entry = PendingEntry(record, self._expiry(record))
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((entry, future))
+        self._pending.append((entry, future, time.perf_counter()))
         self._wakeup.set()
         return await future
 
@@ -202,9 +235,9 @@ class AuditLog:
             if self._since_checkpoint >= self._policy.every_records and not self._closing:
                 await self._safe_checkpoint()
 
-    async def _commit(self, batch: list[tuple[PendingEntry, asyncio.Future[int]]]) -> None:
+    async def _commit(self, batch: list[tuple[PendingEntry, asyncio.Future[int], float]]) -> None:
         try:
-            first = await self.store.append_batch([entry for entry, _ in batch])
+            first = await self.store.append_batch([entry for entry, _, _ in batch])
         except Exception as exc:  # noqa: BLE001 - whatever failed, these records are not durable
             if self._healthy:
                 if isinstance(exc, AuditStoreError):
@@ -212,18 +245,22 @@ class AuditLog:
                 else:
                     self._log.exception("audit_store_failed", batch=len(batch))
             self._healthy = False
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(AuditUnavailable("the audit log cannot be written"))
+            self.observer.audit_store_error()
             return
         if not self._healthy:
             self._log.info("audit_store_recovered")
         self._healthy = True
         self._since_checkpoint += len(batch)
         self.appended += len(batch)
-        for offset, (_, future) in enumerate(batch):
+        self.tree_size = max(self.tree_size, first + len(batch))
+        durable = time.perf_counter()
+        for offset, (_, future, _) in enumerate(batch):
             if not future.done():
                 future.set_result(first + offset)
+        self.observer.audit_committed([durable - appended for _, _, appended in batch])
 
     async def _housekeeping(self) -> None:
         """Time-based checkpoints and retention, until cancelled."""
@@ -244,8 +281,10 @@ class AuditLog:
         try:
             await work
         except AuditStoreError as exc:
+            self.observer.audit_store_error()
             self._log.warning("audit_background_failed", task=task, reason=str(exc))
         except Exception:  # noqa: BLE001 - a bug here must not stop later checkpoints
+            self.observer.audit_store_error()
             self._log.exception("audit_background_failed", task=task)
 
     # -- checkpoints and proofs --------------------------------------------
