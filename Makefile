@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit install clean bench-audit
+.PHONY: demo test lint typecheck promcheck unit install clean bench-audit
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gateway demo $(DEMO_ARGS)
 
-## test: lint, format check, strict types, and the test suite with branch coverage
-test: lint typecheck unit
+## test: lint, format check, strict types, promtool checks, and the test suite with branch coverage
+test: lint typecheck promcheck unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests
@@ -27,6 +27,15 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict gateway
+
+## promcheck: promtool checks the Prometheus config and alert rules and runs the rules' unit tests
+## (.ci/install-promtool.sh installs Debian's prometheus package where promtool is missing)
+PROMTOOL ?= promtool
+promcheck:
+	PROMTOOL=$(PROMTOOL) .ci/install-promtool.sh
+	$(PROMTOOL) check config deploy/prometheus/prometheus.yml
+	$(PROMTOOL) check rules deploy/prometheus/alerts.yml
+	$(PROMTOOL) test rules deploy/prometheus/alerts_test.yml
 
 unit: $(STAMP)
 	$(BIN)/pytest --cov=gateway --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=85 -p no:cacheprovider $(PYTEST_ARGS)

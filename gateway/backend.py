@@ -1,7 +1,8 @@
 """Calling a provider's backend: one pooled HTTP session, a timeout per service.
 
 The backend receives the consumer's request body as JSON, with the contract
-context in headers, and answers with a JSON object. Statuses below 500 are
+context in headers (and a W3C ``traceparent`` continuing the exchange's
+trace), and answers with a JSON object. Statuses below 500 are
 answers (a 404 "no such record" is signed like any other); 500 and above,
 or anything that is not a JSON object, is ``backend-error``.
 """
@@ -18,6 +19,7 @@ import aiohttp
 from gateway.bodies import read_bounded
 from gateway.errors import BackendError, BackendTimeout, MalformedJose
 from gateway.jose import strict_json_object
+from gateway.tracing import outgoing_headers
 
 # A backend answer larger than this is refused rather than buffered.
 MAX_BACKEND_RESPONSE_BYTES: Final = 16 * 1024 * 1024
@@ -64,6 +66,8 @@ class HttpBackend:
             "X-Contract": request.contract,
             "X-Purpose": request.purpose,
             "X-Exchange-Id": request.exchange_id,
+            # The agency's backend may join the trace of this exchange.
+            **outgoing_headers(),
         }
         try:
             async with asyncio.timeout(request.timeout):

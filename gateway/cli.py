@@ -211,6 +211,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             port_base=args.port_base,
             scenario=not args.no_scenario,
             once=args.once,
+            with_prometheus=args.with_prometheus,
         )
     )
 
@@ -297,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port-base", type=int, default=8100)
     demo.add_argument("--no-scenario", action="store_true", help="set up and serve only")
     demo.add_argument("--once", action="store_true", help="run the scenario, print, exit")
+    demo.add_argument(
+        "--with-prometheus",
+        action="store_true",
+        help="also run Prometheus (the prometheus binary) on port base + 90, scraping the demo",
+    )
     return parser
 
 

@@ -26,8 +26,11 @@ from gateway.envelope import (
     seal_response,
 )
 from gateway.errors import (
+    AuditUnavailable,
+    BackendTimeout,
     ContractDenied,
     EnvelopeInvalid,
+    Overloaded,
     PayloadTooLarge,
     ProblemError,
     RateLimited,
@@ -36,6 +39,7 @@ from gateway.errors import (
     TokenRequestError,
     UnknownService,
 )
+from gateway.metrics import OK, Phases
 from gateway.runtime import Runtime
 from gateway.tokens import (
     CLIENT_ASSERTION_TYPE,
@@ -67,6 +71,8 @@ class ExchangeContext:
     request: OpenedMessage | None = None
     contract: Contract | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    status: int | None = None  # the backend's status, once it answered
+    phases: Phases = field(default_factory=Phases)
 
     def audit_fields(self, runtime: Runtime) -> dict[str, Any]:
         """The record members this context can fill (never a clear subject or body)."""
@@ -163,36 +169,56 @@ class Provider:
 
     # -- 3.1 token endpoint ------------------------------------------------
 
-    async def token(self, content_type: str, raw: bytes | None) -> dict[str, Any]:
-        """Answer a token request (``raw`` None: too large); refusals are audited."""
+    async def token(
+        self, content_type: str, raw: bytes | None, members: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], int]:
+        """Answer a token request (``raw`` None: too large): the answer and its audit index.
+
+        Refusals are audited. ``members``, when given, receives the audit
+        record's members as they become known (the caller logs some of them).
+        """
         runtime = self.runtime
         started = time.perf_counter()
-        members: dict[str, Any] = {"provider": runtime.agency}
+        members = {} if members is None else members
+        members["provider"] = runtime.agency
         try:
-            body = await self._grant(_parse_form(content_type, raw), members)
-        except TokenRequestError as exc:
-            exc.audit_id = await write_audit(
+            try:
+                body = await self._grant(_parse_form(content_type, raw), members)
+            except (TokenRequestError, Overloaded) as exc:
+                # Overloaded: the replay cache is full; refused, and on the record like the rest.
+                problem = exc.error if isinstance(exc, TokenRequestError) else exc.problem
+                exc.audit_id = await write_audit(
+                    runtime,
+                    kind="refusal",
+                    direction="inbound",
+                    outcome="refused" if exc.status < 500 else "error",
+                    status=exc.status,
+                    problem=problem,
+                    detail=exc.audit_detail,
+                    latency_us=elapsed_us(started),
+                    **members,
+                )
+                runtime.metrics.token_request(problem)
+                raise
+            index = await write_audit(
                 runtime,
-                kind="refusal",
+                kind="token",
                 direction="inbound",
-                outcome="refused",
-                status=exc.status,
-                problem=exc.error,
-                detail=exc.audit_detail,
+                outcome="ok",
+                status=200,
                 latency_us=elapsed_us(started),
                 **members,
             )
+        except AuditUnavailable as exc:
+            runtime.metrics.token_request(exc.problem)
             raise
-        await write_audit(
-            runtime,
-            kind="token",
-            direction="inbound",
-            outcome="ok",
-            status=200,
-            latency_us=elapsed_us(started),
-            **members,
+        runtime.metrics.token_request(
+            OK,
+            consumer=members["consumer"],
+            contract=members["contract"],
+            purpose=members["purpose"],
         )
-        return body
+        return body, index
 
     async def _grant(
         self, form: Mapping[str, Sequence[str]], members: dict[str, Any]
@@ -272,7 +298,29 @@ class Provider:
 
     async def refuse(self, error: ProblemError, context: ExchangeContext) -> None:
         """Audit a refusal of an inbound exchange and count it."""
-        await audit_refusal(self.runtime, error, "inbound", context.audit_fields(self.runtime))
+        try:
+            with context.phases.timed("audit"):
+                await audit_refusal(
+                    self.runtime, error, "inbound", context.audit_fields(self.runtime)
+                )
+        except AuditUnavailable as exc:
+            self._count(context, exc.problem)
+            raise
+        self._count(context, error.problem)
+
+    def _count(self, context: ExchangeContext, outcome: str) -> None:
+        """Count one finished inbound exchange; identities only once verified."""
+        token = context.token
+        self.runtime.metrics.exchange(
+            "inbound",
+            outcome,
+            seconds=time.perf_counter() - context.started,
+            phases=context.phases,
+            peer=token.consumer if token else None,
+            service=context.service,
+            contract=token.grant.contract if token else None,
+            purpose=token.grant.purpose if token else None,
+        )
 
     async def exchange(
         self,
@@ -282,7 +330,28 @@ class Provider:
         jwe: str,
         context: ExchangeContext,
     ) -> tuple[str, int]:
-        """Run checks 1-8, the backend and the field filter; the sealed response and index."""
+        """Run checks 1-8, the backend and the field filter; the sealed response and index.
+
+        A refusal is raised for the caller to pass to :meth:`refuse`; the
+        exchange is counted there, or here when it succeeds or cannot be
+        audited.
+        """
+        try:
+            answer = await self._exchange(service, authorization, content_type, jwe, context)
+        except AuditUnavailable as exc:
+            self._count(context, exc.problem)
+            raise
+        self._count(context, OK)
+        return answer
+
+    async def _exchange(
+        self,
+        service: str,
+        authorization: str | None,
+        content_type: str | None,
+        jwe: str,
+        context: ExchangeContext,
+    ) -> tuple[str, int]:
         runtime = self.runtime
         now = runtime.now()
         # 1. token-invalid
@@ -290,17 +359,19 @@ class Provider:
         if scheme.lower() != "bearer" or not compact:
             raise TokenInvalid("an Authorization: Bearer access token is required")
         own_keys = (runtime.keys.signing.public,)
-        token = verify_access_token(compact.strip(), runtime.agency, own_keys, now)
+        with context.phases.timed("crypto"):
+            token = verify_access_token(compact.strip(), runtime.agency, own_keys, now)
         context.token = token
         # 2. envelope-invalid, 3. signature-invalid
         if (content_type or "").split(";")[0].strip().lower() != "application/jose":
             raise EnvelopeInvalid("Content-Type must be application/jose")
-        request = open_request(
-            jwe,
-            decryption_keys=runtime.keys.decryption,
-            token=token,
-            registry=runtime.trusted(),
-        )
+        with context.phases.timed("crypto"):
+            request = open_request(
+                jwe,
+                decryption_keys=runtime.keys.decryption,
+                token=token,
+                registry=runtime.trusted(),
+            )
         context.request = request
         # 4. binding-mismatch
         contract = runtime.contract(token.grant.contract)
@@ -326,6 +397,7 @@ class Provider:
         limit = contract.rate_limit
         wait = runtime.rate_limiter.take(contract.id, limit.requests, limit.per_seconds, now)
         if wait:
+            runtime.metrics.rate_limit(contract.id)
             raise RateLimited("the contract's rate limit is exhausted", retry_after=wait)
         return await self._answer(service, contract, token, request, context)
 
@@ -365,41 +437,53 @@ class Provider:
     ) -> tuple[str, int]:
         runtime = self.runtime
         settings = runtime.settings.services[service]
-        answer = await self.backend.call(
-            BackendRequest(
-                url=str(settings.backend_url),
-                timeout=settings.timeout_seconds,
-                body=request.body,
-                consumer=token.consumer,
-                contract=contract.id,
-                purpose=token.grant.purpose,
-                exchange_id=request.jti,
+        called = time.perf_counter()
+        outcome = "backend-error"
+        try:
+            answer = await self.backend.call(
+                BackendRequest(
+                    url=str(settings.backend_url),
+                    timeout=settings.timeout_seconds,
+                    body=request.body,
+                    consumer=token.consumer,
+                    contract=contract.id,
+                    purpose=token.grant.purpose,
+                    exchange_id=request.jti,
+                )
             )
-        )
+            outcome = OK
+        except BackendTimeout:
+            outcome = BackendTimeout.problem
+            raise
+        finally:
+            runtime.metrics.backend_call(service, outcome, context.phases.add("backend", called))
+        context.status = answer.status
         released = contract.field_filter.apply(answer.body)
         fields = contract.field_filter.released_paths(released)
         recipient = runtime.trusted().encryption_key(token.consumer)
         if recipient is None:
             raise ContractDenied("the consumer has no encryption key in the registry")
         context.extra.update(fields=fields, resp_hash=body_hash(released))
-        index = await write_audit(
-            runtime,
-            kind="exchange",
-            direction="inbound",
-            outcome="ok",
-            status=answer.status,
-            **context.audit_fields(runtime),
-        )
-        sealed = seal_response(
-            provider=runtime.agency,
-            consumer=token.consumer,
-            request=request,
-            status=answer.status,
-            fields=fields,
-            body=released,
-            audit={"index": index, "origin": runtime.origin},
-            signing_key=runtime.keys.signing,
-            recipient=recipient,
-            now=runtime.now(),
-        )
+        with context.phases.timed("audit"):
+            index = await write_audit(
+                runtime,
+                kind="exchange",
+                direction="inbound",
+                outcome="ok",
+                status=answer.status,
+                **context.audit_fields(runtime),
+            )
+        with context.phases.timed("crypto"):
+            sealed = seal_response(
+                provider=runtime.agency,
+                consumer=token.consumer,
+                request=request,
+                status=answer.status,
+                fields=fields,
+                body=released,
+                audit={"index": index, "origin": runtime.origin},
+                signing_key=runtime.keys.signing,
+                recipient=recipient,
+                now=runtime.now(),
+            )
         return sealed.jwe, index

@@ -20,6 +20,7 @@ from gateway.bodies import read_bounded
 from gateway.contracts import Contract
 from gateway.envelope import SealedMessage, open_response, seal_request
 from gateway.errors import (
+    AuditUnavailable,
     BadRequest,
     ContractDenied,
     Forbidden,
@@ -32,6 +33,7 @@ from gateway.errors import (
 )
 from gateway.inbound import audit_refusal, elapsed_us, write_audit
 from gateway.jose import strict_json_object
+from gateway.metrics import OK, Phases
 from gateway.runtime import Runtime
 from gateway.tokens import (
     CLIENT_ASSERTION_TYPE,
@@ -40,6 +42,7 @@ from gateway.tokens import (
     make_client_assertion,
     token_hash,
 )
+from gateway.tracing import outgoing_headers
 
 # Renew a cached token this long before it expires, so no request races its expiry.
 TOKEN_RENEW_MARGIN_SECONDS: Final = 30
@@ -107,7 +110,12 @@ class HttpPeerTransport:
         try:
             async with asyncio.timeout(self._timeout):
                 async with self._session.post(
-                    url, data=data, headers=dict(headers), allow_redirects=False
+                    url,
+                    data=data,
+                    # A child span of the client's request, so the provider's log lines
+                    # of this exchange carry the same trace id as ours.
+                    headers={**headers, **outgoing_headers()},
+                    allow_redirects=False,
                 ) as response:
                     raw = await read_bounded(response.content, MAX_PEER_RESPONSE_BYTES)
                     if raw is None:
@@ -135,26 +143,71 @@ class Consumer:
     _tokens: dict[tuple[str, str, str], CachedToken] = field(default_factory=dict)
     _token_locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
 
-    async def exchange(self, call: ClientRequest) -> ExchangeResult:
-        """Run one exchange for a client; a ``ProblemError`` (audited) on refusal."""
+    async def exchange(
+        self, call: ClientRequest, members: dict[str, Any] | None = None
+    ) -> ExchangeResult:
+        """Run one exchange for a client; a ``ProblemError`` (audited) on refusal.
+
+        ``members``, when given, receives the audit record's members as they
+        become known (the caller logs the non-personal ones).
+        """
         started = time.perf_counter()
-        members: dict[str, Any] = {
-            "consumer": self.runtime.agency,
-            "provider": call.provider,
-            "service": call.service,
-            "purpose": call.purpose,
-        }
+        phases = Phases()
+        members = {} if members is None else members
+        members.update(
+            consumer=self.runtime.agency,
+            provider=call.provider,
+            service=call.service,
+            purpose=call.purpose,
+        )
+        if call.purpose and not _is_text(call.purpose):
+            del members["purpose"]  # not UTF-8: no audit record can hold it
         try:
-            return await self._exchange(call, members, started)
+            result = await self._exchange(call, members, started, phases)
         except ProblemError as exc:
             members["latency_us"] = elapsed_us(started)
             if isinstance(exc, UpstreamProblem):
                 members["detail"] = f"provider refused: {exc.problem}"
-            await audit_refusal(self.runtime, exc, "outbound", members)
+            await self.refuse(exc, members, started=started, phases=phases)
             raise
+        self._count(OK, members, started, phases)
+        return result
+
+    async def refuse(
+        self,
+        error: ProblemError,
+        members: dict[str, Any],
+        *,
+        started: float | None = None,
+        phases: Phases | None = None,
+    ) -> None:
+        """Audit a refused outbound exchange (``members`` its record so far) and count it."""
+        started = time.perf_counter() if started is None else started
+        phases = phases or Phases()
+        try:
+            with phases.timed("audit"):
+                await audit_refusal(self.runtime, error, "outbound", members)
+        except AuditUnavailable as exc:
+            self._count(exc.problem, members, started, phases)
+            raise
+        self._count(error.problem, members, started, phases)
+
+    def _count(self, outcome: str, members: dict[str, Any], started: float, phases: Phases) -> None:
+        """Count one finished outbound exchange; the contract and purpose once chosen."""
+        chosen = "contract" in members
+        self.runtime.metrics.exchange(
+            "outbound",
+            outcome,
+            seconds=time.perf_counter() - started,
+            phases=phases,
+            peer=members.get("provider"),
+            service=members.get("service"),
+            contract=members["contract"] if chosen else None,
+            purpose=members.get("purpose") if chosen else None,
+        )
 
     async def _exchange(
-        self, call: ClientRequest, members: dict[str, Any], started: float
+        self, call: ClientRequest, members: dict[str, Any], started: float, phases: Phases
     ) -> ExchangeResult:
         runtime = self.runtime
         client = runtime.settings.client_for_key(call.api_key) if _is_text(call.api_key) else None
@@ -192,22 +245,23 @@ class Consumer:
             raise ContractDenied("the provider is not an active agency in the trust registry")
         grant = RequestedGrant(contract=contract.id, service=call.service, purpose=call.purpose)
         for attempt in range(2):
-            token = await self._token(provider_url, call.provider, grant)
-            sealed = seal_request(
-                consumer=runtime.agency,
-                provider=call.provider,
-                service=call.service,
-                contract=contract.id,
-                purpose=call.purpose,
-                subject=subject,
-                client=client,
-                end_user=call.end_user or None,
-                body=body,
-                access_token=token,
-                signing_key=runtime.keys.signing,
-                recipient=recipient,
-                now=runtime.now(),
-            )
+            token = await self._token(provider_url, call.provider, grant, phases)
+            with phases.timed("crypto"):
+                sealed = seal_request(
+                    consumer=runtime.agency,
+                    provider=call.provider,
+                    service=call.service,
+                    contract=contract.id,
+                    purpose=call.purpose,
+                    subject=subject,
+                    client=client,
+                    end_user=call.end_user or None,
+                    body=body,
+                    access_token=token,
+                    signing_key=runtime.keys.signing,
+                    recipient=recipient,
+                    now=runtime.now(),
+                )
             members.update(jti=sealed.jti, req_hash=token_hash(sealed.jws))
             try:
                 return await self._send(
@@ -218,6 +272,7 @@ class Consumer:
                     sealed=sealed,
                     members=members,
                     started=started,
+                    phases=phases,
                 )
             except UpstreamProblem as exc:
                 if exc.problem in _TOKEN_DROPPING_PROBLEMS:
@@ -263,33 +318,40 @@ class Consumer:
             raise BadRequest("several contracts fit: name one with the X-Contract header")
         return usable[0]
 
-    async def _token(self, provider_url: str, provider: str, grant: RequestedGrant) -> str:
+    async def _token(
+        self, provider_url: str, provider: str, grant: RequestedGrant, phases: Phases
+    ) -> str:
         key = (provider, grant.contract, grant.purpose)
         lock = self._token_locks.setdefault(key, asyncio.Lock())
         async with lock:
             cached = self._tokens.get(key)
-            if cached and cached.expires_at - TOKEN_RENEW_MARGIN_SECONDS > self.runtime.now():
+            hit = cached is not None and (
+                cached.expires_at - TOKEN_RENEW_MARGIN_SECONDS > self.runtime.now()
+            )
+            self.runtime.metrics.token_cache_lookup(hit=hit)
+            if cached and hit:
                 return cached.compact
-            fresh = await self._request_token(provider_url, provider, grant)
+            fresh = await self._request_token(provider_url, provider, grant, phases)
             self._tokens[key] = fresh
             return fresh.compact
 
     async def _request_token(
-        self, provider_url: str, provider: str, grant: RequestedGrant
+        self, provider_url: str, provider: str, grant: RequestedGrant, phases: Phases
     ) -> CachedToken:
         runtime = self.runtime
         now = runtime.now()
+        with phases.timed("crypto"):
+            assertion = make_client_assertion(runtime.agency, provider, runtime.keys.signing, now)
         form = {
             "grant_type": GRANT_TYPE,
             "client_assertion_type": CLIENT_ASSERTION_TYPE,
-            "client_assertion": make_client_assertion(
-                runtime.agency, provider, runtime.keys.signing, now
-            ),
+            "client_assertion": assertion,
             "authorization_details": json.dumps([grant.to_json()]),
         }
-        status, content_type, raw, headers = await self.transport.post(
-            f"{provider_url}/v1/token", data=form, headers={"Accept": "application/json"}
-        )
+        with phases.timed("upstream"):
+            status, content_type, raw, headers = await self.transport.post(
+                f"{provider_url}/v1/token", data=form, headers={"Accept": "application/json"}
+            )
         if status >= 500:
             # Not a verdict on our request (the provider cannot log, is overloaded...):
             # the client sees the provider's own problem, e.g. 503 audit-unavailable.
@@ -326,13 +388,15 @@ class Consumer:
         sealed: SealedMessage,
         members: dict[str, Any],
         started: float,
+        phases: Phases,
     ) -> ExchangeResult:
         runtime = self.runtime
-        status, content_type, raw, headers = await self.transport.post(
-            f"{provider_url}/v1/services/{call.service}",
-            data=sealed.jwe.encode("ascii"),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/jose"},
-        )
+        with phases.timed("upstream"):
+            status, content_type, raw, headers = await self.transport.post(
+                f"{provider_url}/v1/services/{call.service}",
+                data=sealed.jwe.encode("ascii"),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/jose"},
+            )
         if status != 200:
             raise _upstream_problem(status, content_type, raw, headers)
         if content_type != "application/jose":
@@ -348,16 +412,17 @@ class Consumer:
             leaks = contract.field_filter.leaks(dict(body))
             return f"{len(leaks)} unlisted paths in the body" if leaks else None
 
-        response = open_response(
-            compact,
-            decryption_keys=runtime.keys.decryption,
-            registry=runtime.trusted(),
-            provider=call.provider,
-            consumer=runtime.agency,
-            request=sealed,
-            within_contract=within_contract,
-            now=runtime.now(),
-        )
+        with phases.timed("crypto"):
+            response = open_response(
+                compact,
+                decryption_keys=runtime.keys.decryption,
+                registry=runtime.trusted(),
+                provider=call.provider,
+                consumer=runtime.agency,
+                request=sealed,
+                within_contract=within_contract,
+                now=runtime.now(),
+            )
         claims = response.claims
         provider_index = claims["audit"].get("index")
         members.update(
@@ -366,14 +431,15 @@ class Consumer:
             evidence=response.signature,
             latency_us=elapsed_us(started),
         )
-        index = await write_audit(
-            runtime,
-            kind="exchange",
-            direction="outbound",
-            outcome="ok",
-            status=claims["status"],
-            **members,
-        )
+        with phases.timed("audit"):
+            index = await write_audit(
+                runtime,
+                kind="exchange",
+                direction="outbound",
+                outcome="ok",
+                status=claims["status"],
+                **members,
+            )
         return ExchangeResult(
             body=response.body,
             status=claims["status"],

@@ -31,6 +31,7 @@ PURE_MODULES = (
     "gateway.audit.store",
     "gateway.audit.log",
     "gateway.processing",
+    "gateway.tracing",
 )
 
 

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 import yaml
 
+from gateway.backend import HttpBackend
 from gateway.config import load_settings
+from gateway.demo import demo_registry
 from gateway.demo.network import BENEFITS, INCOME_CONTRACT, TAX, build_network
+from gateway.errors import Overloaded
+from gateway.inbound import Provider
 from gateway.keys import load_private_key
 from gateway.registry import build_registry_payload, sign_registry
+from gateway.replay import MemoryReplayCache
 from gateway.runtime import Runtime, build_runtime
+from tests.conftest import LiveNetwork
+from tests.wire import Peer
+
+FORM = "application/x-www-form-urlencoded"
 
 
 @pytest.fixture
@@ -76,3 +88,32 @@ async def test_garbage_registry_keeps_the_last_good_one(tax_runtime: Runtime) ->
     assert tax_runtime.trusted().serial == serial
     assert tax_runtime.registry.last_error
     assert _failures(tax_runtime, "registry") == 1
+
+
+async def test_token_refused_by_full_replay_cache_is_audited(tmp_path: Path) -> None:
+    """A token request refused because the replay cache is full is on the record and counted."""
+    demo = build_network(tmp_path, 30000, datetime.now(UTC))
+    runtime = await build_runtime(load_settings(tmp_path / TAX / "gateway.yaml"))
+    try:
+        runtime.replay = MemoryReplayCache(1)
+        runtime.replay.spend_now("someone", "filler", int(time.time()) + 600, int(time.time()))
+        net = LiveNetwork(tmp_path, demo, demo_registry(tmp_path))
+        raw = urlencode(Peer(net).form()).encode()
+        with pytest.raises(Overloaded) as refused:
+            await Provider(runtime, HttpBackend(None)).token(FORM, raw)  # type: ignore[arg-type]
+        stored = await runtime.audit.read(refused.value.audit_id or 0)
+        assert stored.leaf is not None
+        record = json.loads(stored.leaf)
+        assert (record["kind"], record["problem"], record["status"]) == (
+            "refusal",
+            "overloaded",
+            503,
+        )
+        assert (
+            runtime.metrics.registry.get_sample_value(
+                "gateway_refusals_total", {"direction": "inbound", "problem": "overloaded"}
+            )
+            == 1
+        )
+    finally:
+        await runtime.audit.close()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway.audit.log import AuditLog, CheckpointPolicy
+from gateway.audit.log import AuditLog, AuditObserver, CheckpointPolicy
 from gateway.audit.note import NoteSigner
 from gateway.audit.records import AuditRecord, Pseudonymizer
 from gateway.audit.store import open_store
@@ -22,7 +22,7 @@ from gateway.keys import load_log_key
 if TYPE_CHECKING:
     from gateway.config import GatewaySettings
 
-__all__ = ["AuditLog", "AuditRecord", "Pseudonymizer", "open_audit_log"]
+__all__ = ["AuditLog", "AuditObserver", "AuditRecord", "Pseudonymizer", "open_audit_log"]
 
 
 def log_signer(settings: GatewaySettings) -> NoteSigner:

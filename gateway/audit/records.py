@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from hashlib import sha256
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import rfc8785
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from gateway.errors import SetupError
 from gateway.keys import b64url, b64url_decode, write_private_file
@@ -69,6 +69,20 @@ class AuditRecord(BaseModel):
     officer: str | None = None
     query: dict[str, str] | None = None
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        """Escape text that is not valid Unicode (a non-UTF-8 header arrives as lone
+        surrogates): one such record must not fail the group commit it shares."""
+        if isinstance(value, str):
+            return _storable(value)
+        if isinstance(value, list):
+            return [_storable(v) if isinstance(v, str) else v for v in value]
+        if isinstance(value, dict):
+            return {_storable(str(k)): _storable(v) if isinstance(v, str) else v
+                    for k, v in value.items()}  # fmt: skip
+        return value
+
     def leaf_bytes(self) -> bytes:
         """The stored bytes: RFC 8785 (JCS) canonical JSON without absent members."""
         return bytes(rfc8785.dumps(self.model_dump(exclude_none=True)))
@@ -76,6 +90,14 @@ class AuditRecord(BaseModel):
     def at_index(self, index: int) -> AuditRecord:
         """This record placed at ``index`` of the log."""
         return self.model_copy(update={"index": index})
+
+
+def _storable(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def record_time(now: float) -> str:

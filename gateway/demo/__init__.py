@@ -13,6 +13,7 @@ import json
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from aiohttp import web
 from gateway.config import load_settings
 from gateway.demo.backends import backend_app
 from gateway.demo.network import BENEFITS, SERVICES, TAX, build_network
+from gateway.demo.prometheus import Prometheus, find_prometheus, report_scraped, running_prometheus
 from gateway.demo.scenario import render_table, run_scenario
 from gateway.errors import SetupError
 from gateway.keys import load_public_key_file
@@ -96,7 +98,7 @@ async def _wait_ready(demo: dict[str, Any], gateways: list[asyncio.Task[None]]) 
                 await asyncio.sleep(0.05)
 
 
-def _print_welcome(directory: Path, demo: dict[str, Any]) -> None:
+def _print_welcome(directory: Path, demo: dict[str, Any], prometheus: Prometheus | None) -> None:
     benefits = demo["agencies"][BENEFITS]
     subject = demo["subjects"][0]
     print(f"\nDemo network in {directory}")
@@ -118,6 +120,8 @@ def _print_welcome(directory: Path, demo: dict[str, Any]) -> None:
         f"  gateway audit subject-report {subject} --config {directory / tax['config']}\n"
         f"  gateway audit verify --config {directory / tax['config']}\n"
     )
+    if prometheus is not None:
+        print(prometheus.welcome())
     print("Press Ctrl-C to stop.")
 
 
@@ -127,8 +131,15 @@ async def run_demo(
     port_base: int,
     scenario: bool,
     once: bool,
+    with_prometheus: bool = False,
 ) -> int:
-    """Set up (or reuse) the demo folder, run the network, run the scenario."""
+    """Set up (or reuse) the demo folder, run the network, run the scenario.
+
+    ``with_prometheus`` also runs Prometheus scraping the network
+    (:mod:`gateway.demo.prometheus`); with ``once`` it prints what Prometheus
+    counted once it has scraped every gateway twice after the scenario.
+    """
+    binary = find_prometheus() if with_prometheus else None
     folder = directory or Path(tempfile.mkdtemp(prefix="gateway-demo-"))
     configure_logging("warning" if once else "info", "console")
     if (folder / "demo.json").exists():
@@ -141,15 +152,20 @@ async def run_demo(
     else:
         demo = build_network(folder, port_base, datetime.now(UTC))
     failures = 0
-    async with running_network(folder, demo):
+    async with (
+        running_network(folder, demo),
+        running_prometheus(binary, folder, demo) as prometheus,
+    ):
         if scenario or once:
             rows = await run_scenario(folder, demo, demo_registry(folder))
             print(render_table(rows), flush=True)
             failures = sum(not row.ok for row in rows)
             print(f"\n{len(rows) - failures} passed, {failures} failed", flush=True)
         if once:
+            if prometheus is not None:
+                await report_scraped(prometheus, time.time())
             return 1 if failures else 0
-        _print_welcome(folder, demo)
+        _print_welcome(folder, demo, prometheus)
         sys.stdout.flush()
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()

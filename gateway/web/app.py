@@ -8,10 +8,11 @@ and a log event, never a traceback on the wire.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
@@ -26,11 +27,13 @@ from gateway.errors import (
     TokenRequestError,
     known_problem_names,
 )
-from gateway.inbound import ExchangeContext, Provider, audit_refusal
+from gateway.inbound import ExchangeContext, Provider
 from gateway.keys import jwks_document
-from gateway.observability import get_logger
-from gateway.outbound import ClientRequest, Consumer, HttpPeerTransport
+from gateway.observability import bound_context, get_logger
+from gateway.outbound import ClientRequest, Consumer, ExchangeResult, HttpPeerTransport
 from gateway.runtime import Runtime
+from gateway.tracing import HEADER as TRACEPARENT
+from gateway.tracing import active, continue_or_start
 from gateway.web.officer import add_officer_routes
 from gateway.web.problems import (
     http_problem_response,
@@ -59,6 +62,21 @@ def _endpoint(request: web.Request) -> str:
     """A bounded label for the route that matched (never the raw path)."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def trace(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give each request a span: the caller's trace (valid ``traceparent``) or a new one.
+
+    The trace and span ids are on every log line of the request, outgoing
+    calls carry a child span, and the answer carries ``traceparent`` of ours.
+    """
+    span = continue_or_start(request.headers.getall(TRACEPARENT, []))
+    with active(span), bound_context(trace_id=span.trace_id, span_id=span.span_id):
+        response = await handler(request)
+    if not response.prepared:
+        response.headers[TRACEPARENT] = span.traceparent()
+    return response
 
 
 @web.middleware
@@ -112,8 +130,16 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
 
 async def token_endpoint(request: web.Request) -> web.Response:
     """``POST /v1/token`` (protocol 3.1); the provider audits every refusal."""
-    raw = await read_bounded(request.content, MAX_TOKEN_REQUEST_BYTES)
-    answer = await request.app[PROVIDER].token(request.content_type, raw)
+    runtime = request.app[RUNTIME]
+    started = time.perf_counter()
+    members: dict[str, Any] = {}
+    try:
+        raw = await read_bounded(request.content, MAX_TOKEN_REQUEST_BYTES)
+        answer, index = await request.app[PROVIDER].token(request.content_type, raw, members)
+    except BaseException as exc:
+        _log_token(runtime, started, members, error=exc)
+        raise
+    _log_token(runtime, started, members, audit_index=index)
     return web.json_response(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
@@ -124,26 +150,29 @@ async def service_endpoint(request: web.Request) -> web.Response:
     context = ExchangeContext(started=time.perf_counter())
     service = request.match_info["service"]
     try:
-        provider.check_service(service, context)
-        raw = await _read_limited(request, runtime.settings.limits.max_body_bytes)
         try:
-            jwe = raw.decode("ascii").strip()
-        except UnicodeDecodeError:
-            jwe = ""
-        sealed, index = await provider.exchange(
-            service,
-            request.headers.get("Authorization"),
-            request.headers.get("Content-Type"),
-            jwe,
-            context,
-        )
-    except AuditUnavailable:
+            provider.check_service(service, context)
+            raw = await _read_limited(request, runtime.settings.limits.max_body_bytes)
+            try:
+                jwe = raw.decode("ascii").strip()
+            except UnicodeDecodeError:
+                jwe = ""
+            sealed, index = await provider.exchange(
+                service,
+                request.headers.get("Authorization"),
+                request.headers.get("Content-Type"),
+                jwe,
+                context,
+            )
+        except AuditUnavailable:
+            raise
+        except ProblemError as exc:
+            await provider.refuse(exc, context)
+            raise
+    except BaseException as exc:
+        _log_inbound(runtime, context, error=exc)
         raise
-    except ProblemError as exc:
-        await provider.refuse(exc, context)
-        _log_exchange(runtime, "inbound", context.service, exc.problem, exc.status)
-        raise
-    _log_exchange(runtime, "inbound", service, "ok", 200, audit_index=index)
+    _log_inbound(runtime, context, audit_index=index)
     return web.Response(
         body=sealed.encode("ascii"),
         content_type="application/jose",
@@ -155,32 +184,34 @@ async def exchange_endpoint(request: web.Request) -> web.Response:
     """``POST /v1/exchange/{provider}/{service}`` (protocol 5)."""
     consumer = request.app[CONSUMER]
     runtime = request.app[RUNTIME]
+    started = time.perf_counter()
     scheme, _, api_key = request.headers.get("Authorization", "").partition(" ")
+    # The audit record's members as they become known; the log takes the non-personal ones.
+    members: dict[str, Any] = {
+        "consumer": runtime.agency,
+        "provider": request.match_info["provider"],
+        "service": request.match_info["service"],
+    }
     try:
-        raw = await _read_limited(request, runtime.settings.limits.max_body_bytes)
-    except PayloadTooLarge as exc:
-        members = {
-            "consumer": runtime.agency,
-            "provider": request.match_info["provider"],
-            "service": request.match_info["service"],
-        }
-        await audit_refusal(runtime, exc, "outbound", members)
+        try:
+            raw = await _read_limited(request, runtime.settings.limits.max_body_bytes)
+        except PayloadTooLarge as exc:
+            await consumer.refuse(exc, members)
+            raise
+        call = ClientRequest(
+            api_key=api_key.strip() if scheme.lower() == "bearer" else None,
+            provider=request.match_info["provider"],
+            service=request.match_info["service"],
+            purpose=request.headers.get("X-Purpose"),
+            contract=request.headers.get("X-Contract"),
+            end_user=request.headers.get("X-End-User"),
+            body=raw,
+        )
+        result = await consumer.exchange(call, members)
+    except BaseException as exc:
+        _log_outbound(runtime, started, members, error=exc)
         raise
-    call = ClientRequest(
-        api_key=api_key.strip() if scheme.lower() == "bearer" else None,
-        provider=request.match_info["provider"],
-        service=request.match_info["service"],
-        purpose=request.headers.get("X-Purpose"),
-        contract=request.headers.get("X-Contract"),
-        end_user=request.headers.get("X-End-User"),
-        body=raw,
-    )
-    try:
-        result = await consumer.exchange(call)
-    except ProblemError as exc:
-        _log_exchange(runtime, "outbound", call.service, exc.problem, exc.status)
-        raise
-    _log_exchange(runtime, "outbound", call.service, "ok", 200, audit_index=result.audit_index)
+    _log_outbound(runtime, started, members, result=result)
     headers = {
         "X-Exchange-Id": result.exchange_id,
         "X-Contract": result.contract,
@@ -193,23 +224,132 @@ async def exchange_endpoint(request: web.Request) -> web.Response:
     return web.json_response(result.body, status=result.status, headers=headers)
 
 
-def _log_exchange(
+# -- the one log event per exchange and per token request -------------------------
+#
+# Each names the exchange (its message ``jti``, shared by both gateways and
+# the ``X-Exchange-Id`` header), the trace (``trace_id``, bound by ``trace``),
+# the audit record, the parties, contract and purpose, and the outcome. Never a
+# subject, an end user, a body, a token or an API key: those fields are picked
+# by name, never copied wholesale from a record.
+
+
+def _outcome(error: BaseException | None) -> tuple[str, int | None]:
+    """The outcome name and HTTP status of a refusal or failure."""
+    if isinstance(error, ProblemError):
+        # A peer's problem name is its own text: only known names are repeated.
+        return (error.problem if error.problem in _KNOWN_PROBLEMS else "upstream-other"), (
+            error.status
+        )
+    if isinstance(error, TokenRequestError):
+        return error.error, error.status
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled", None
+    return "internal-error", 500
+
+
+def _log_event(
     runtime: Runtime,
-    direction: str,
-    service: str | None,
-    outcome: str,
-    status: int,
+    event: str,
+    started: float,
+    fields: Mapping[str, Any],
     *,
-    audit_index: int | None = None,
+    error: BaseException | None,
+    status: int | None,
+    audit_index: int | None,
 ) -> None:
-    get_logger(agency=runtime.agency).info(
-        "exchange",
-        direction=direction,
-        service=service,
+    """Write ``event``: ``fields``, then the outcome (``ok``, or what ``error`` says)."""
+    outcome = "ok"
+    if error is not None:
+        outcome, status = _outcome(error)
+        audit_index = getattr(error, "audit_id", None)
+    log = get_logger(agency=runtime.agency)
+    # Failures on our side (5xx, a dropped request) are worth a look; refusals are routine.
+    emit = log.info if status is not None and status < 500 else log.warning
+    emit(
+        event,
+        **fields,
         outcome=outcome,
         status=status,
+        latency_ms=round((time.perf_counter() - started) * 1000, 3),
         audit_index=audit_index,
     )
+
+
+def _log_inbound(
+    runtime: Runtime,
+    context: ExchangeContext,
+    *,
+    error: BaseException | None = None,
+    audit_index: int | None = None,
+) -> None:
+    """The provider side's ``exchange`` event."""
+    token, message = context.token, context.request
+    fields = {
+        "direction": "inbound",
+        "peer": token.consumer if token else None,
+        "service": context.service,
+        "contract": token.grant.contract if token else None,
+        "purpose": token.grant.purpose if token else None,
+        "client": message.claims.get("client") if message else None,
+        "exchange_id": message.jti if message else None,
+    }
+    _log_event(
+        runtime,
+        "exchange",
+        context.started,
+        fields,
+        error=error,
+        status=context.status if context.status is not None else 200,
+        audit_index=audit_index,
+    )
+
+
+def _log_outbound(
+    runtime: Runtime,
+    started: float,
+    members: Mapping[str, Any],
+    *,
+    error: BaseException | None = None,
+    result: ExchangeResult | None = None,
+) -> None:
+    """The consumer side's ``exchange`` event."""
+    fields = {
+        "direction": "outbound",
+        "peer": members.get("provider"),
+        "service": members.get("service"),
+        "contract": result.contract if result else members.get("contract"),
+        "purpose": members.get("purpose"),
+        "client": members.get("client"),
+        "exchange_id": result.exchange_id if result else members.get("jti"),
+    }
+    _log_event(
+        runtime,
+        "exchange",
+        started,
+        fields,
+        error=error,
+        status=result.status if result else None,
+        audit_index=result.audit_index if result else None,
+    )
+
+
+def _log_token(
+    runtime: Runtime,
+    started: float,
+    members: Mapping[str, Any],
+    *,
+    error: BaseException | None = None,
+    audit_index: int | None = None,
+) -> None:
+    """The provider side's ``token`` event (a grant or a refusal)."""
+    fields = {
+        "direction": "inbound",
+        "peer": members.get("consumer"),
+        "service": members.get("service"),
+        "contract": members.get("contract"),
+        "purpose": members.get("purpose"),
+    }
+    _log_event(runtime, "token", started, fields, error=error, status=200, audit_index=audit_index)
 
 
 async def jwks(request: web.Request) -> web.Response:
@@ -224,23 +364,52 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """``GET /readyz``: registry, keys, contracts and audit store usable."""
-    runtime = request.app[RUNTIME]
+    """``GET /readyz``: 503 while registry, keys or audit store cannot serve an exchange."""
+    body, ready = readiness(request.app[RUNTIME])
+    return web.json_response(body, status=200 if ready else 503)
+
+
+# Components whose problems make the gateway not ready. Contract problems are
+# reported but never fail readiness: a refused file leaves the last good set in
+# force (ADR 0003), and an agency with no contract in force yet still serves
+# its JWKS, token refusals and officer API; the contract expiry metrics alert.
+_BLOCKING: Final = frozenset({"registry", "keys", "audit"})
+
+
+def readiness(runtime: Runtime) -> tuple[dict[str, Any], bool]:
+    """The ``/readyz`` body (``problems`` by component, one sentence each) and the verdict."""
     now = runtime.now()
-    problems = {}
+    registry = runtime.trusted()
+    found: dict[str, list[str]] = {}
+
+    def report(component: str, problem: str) -> None:
+        found.setdefault(component, []).append(problem)
+
     if runtime.registry.expires_in(now) <= 0:
-        problems["registry"] = "the trust registry has expired"
-    if not runtime.trusted().is_active(runtime.agency):
-        problems["keys"] = "this agency is not active in the trust registry"
-    elif runtime.trusted().signing_key(runtime.agency, runtime.keys.signing.kid) is None:
-        problems["keys"] = "our signing key is not listed in the trust registry"
+        report("registry", "the trust registry has expired")
+    entry = registry.agency(runtime.agency)
+    if not registry.is_active(runtime.agency):
+        report("registry", "this agency is not active in the trust registry")
+    else:
+        listed = {key.kid for key in entry.keys} if entry is not None else set()
+        if runtime.keys.signing.kid not in listed:
+            report("keys", "our signing key is not listed in the trust registry")
+        if runtime.keys.encryption.kid not in listed:
+            report("keys", "our encryption key is not listed in the trust registry")
+        preferred = registry.encryption_key(runtime.agency)
+        held = {key.kid for key in runtime.keys.decryption}
+        if preferred is None or preferred.kid not in held:
+            report("keys", "peers encrypt to a key this gateway does not hold")
     if not runtime.audit.healthy():
-        problems["audit"] = "the audit store cannot be written"
-    if runtime.contracts.problems:
-        problems["contracts"] = f"{len(runtime.contracts.problems)} contract files refused"
-    status = 503 if set(problems) - {"contracts"} else 200
-    body = {"status": "ready" if status == 200 else "not-ready", "problems": problems}
-    return web.json_response(body, status=status)
+        report("audit", "the audit store cannot be written")
+    contracts = runtime.contracts
+    if contracts.problems:
+        report("contracts", f"{len(contracts.problems)} contract files refused")
+    if not any(contract.in_force(now) for contract in contracts.current):
+        report("contracts", "no contract is in force")
+    ready = not _BLOCKING & set(found)
+    problems = {component: "; ".join(texts) for component, texts in found.items()}
+    return {"status": "ready" if ready else "not-ready", "problems": problems}, ready
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -252,7 +421,7 @@ async def metrics(request: web.Request) -> web.Response:
 def create_app(runtime: Runtime) -> web.Application:
     """The gateway's application; the shared client session lives with it."""
     app = web.Application(
-        middlewares=[guard], client_max_size=runtime.settings.limits.max_body_bytes
+        middlewares=[trace, guard], client_max_size=runtime.settings.limits.max_body_bytes
     )
     app[RUNTIME] = runtime
 
