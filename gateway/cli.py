@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ import yaml
 
 from gateway.audit.commands import add_audit_commands
 from gateway.audit.records import generate_audit_key, rotate_audit_key
-from gateway.config import hash_api_key, load_settings
+from gateway.config import GatewaySettings, hash_api_key, load_settings
 from gateway.contracts import (
     check_contract_file,
     contract_schema_text,
@@ -38,6 +39,7 @@ from gateway.keys import (
 from gateway.observability import configure_logging
 from gateway.processing import FORMATS, ROLES, build_record, parse_instant, render
 from gateway.registry import Registry, build_registry_payload, sign_registry, verify_registry
+from gateway.workers import resolve_workers
 
 
 def _passphrase(variable: str | None) -> bytes | None:
@@ -192,13 +194,44 @@ def cmd_contracts_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run one gateway until SIGTERM or SIGINT."""
+    """Run one gateway until SIGTERM or SIGINT (``--workers N``: N processes on one port)."""
     from gateway.web.server import serve  # noqa: PLC0415 - aiohttp only for this command
 
-    settings = load_settings(Path(args.config))
+    config = Path(args.config)
+    settings = load_settings(config)
+    if args.worker_index is not None:
+        return _serve_as_worker(args, settings)
     configure_logging(settings.log.level, settings.log.format)
+    workers = args.workers if args.workers is not None else resolve_workers(settings.listen.workers)
+    if workers > 1:
+        from gateway.workers import run_workers  # noqa: PLC0415 - beside serve
+
+        return run_workers(config, settings, workers)
     asyncio.run(serve(settings))
     return 0
+
+
+def _serve_as_worker(args: argparse.Namespace, settings: GatewaySettings) -> int:
+    """One worker process of ``gateway serve --workers N``, started by its parent."""
+    from gateway.web.server import WorkerRole, serve  # noqa: PLC0415
+
+    configure_logging(settings.log.level, settings.log.format, fixed={"worker": args.worker_index})
+    role = WorkerRole(
+        index=args.worker_index,
+        count=args.workers,
+        parent_pid=args.worker_of,
+        sockets=tuple(socket.socket(fileno=int(fd)) for fd in args.worker_fds.split(",")),
+        ready_fd=args.worker_ready_fd,
+    )
+    asyncio.run(serve(settings, worker=role))
+    return 0
+
+
+def _workers(text: str) -> int:
+    try:
+        return resolve_workers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -292,6 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = command(commands, "serve", cmd_serve)
     serve.add_argument("--config", required=True)
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="worker processes serving the port: 1 to 64, or 0 or auto for one per CPU "
+        "(default: listen.workers in the config, which defaults to 1)",
+    )
+    # Given by the parent of ``--workers N`` to each worker it starts; not for operators.
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-fds", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-ready-fd", type=int, help=argparse.SUPPRESS)
 
     demo = command(commands, "demo", cmd_demo)
     demo.add_argument("--dir", help="where to keep keys, registry, contracts and configs")

@@ -42,11 +42,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# More worker processes than this only contend for the audit store's write lock.
+MAX_WORKERS: Final = 64
+
+
 class ListenSettings(_Section):
-    """Where the gateway listens."""
+    """Where the gateway listens, and how many processes serve that port."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    # 1: one process (the default); 0 or "auto": one per CPU (``gateway serve --workers``).
+    workers: Annotated[int, Field(ge=0, le=MAX_WORKERS)] | Literal["auto"] = 1
 
 
 class KeySettings(_Section):
@@ -134,6 +140,29 @@ class LimitSettings(_Section):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
 
+class StateSettings(_Section):
+    """Where replay ids and rate-limit buckets live (``gateway.state``).
+
+    ``auto``: in memory for one process on a SQLite audit store, a SQLite file
+    beside the audit store for several (``--workers``), the audit store's
+    database when it is PostgreSQL. Or ``memory``, ``sqlite:PATH`` or a
+    ``postgresql://`` URL.
+    """
+
+    store: str = "auto"
+    purge_seconds: float = Field(default=1.0, gt=0, le=60)
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        scheme = value.partition(":")[0]
+        if value not in ("auto", "memory") and scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError("state.store must be auto, memory, sqlite:PATH or postgresql://...")
+        if scheme == "sqlite" and not value.partition(":")[2].lstrip("/"):
+            raise ValueError("the sqlite URL names no file")
+        return value
+
+
 class LogSettings(_Section):
     """Log level and format."""
 
@@ -162,6 +191,7 @@ class GatewaySettings(BaseSettings):
     officers: dict[Identifier, OfficerSettings] = {}
     audit: AuditSettings = AuditSettings()
     limits: LimitSettings = LimitSettings()
+    state: StateSettings = StateSettings()
     log: LogSettings = LogSettings()
     base_dir: Path = Path()
 

@@ -395,7 +395,9 @@ class Provider:
             raise PayloadTooLarge("the request is larger than the contract allows")
         # 8. rate-limited
         limit = contract.rate_limit
-        wait = runtime.rate_limiter.take(contract.id, limit.requests, limit.per_seconds, now)
+        wait = await runtime.rate_limiter.acquire(
+            contract.id, limit.requests, limit.per_seconds, now
+        )
         if wait:
             runtime.metrics.rate_limit(contract.id)
             raise RateLimited("the contract's rate limit is exhausted", retry_after=wait)

@@ -22,6 +22,7 @@ are computed when ``/metrics`` is scraped, so they are right without traffic.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
@@ -70,6 +71,12 @@ KEY_USES: Final = ("sig", "enc")
 OK: Final = "ok"
 UNKNOWN: Final = "unknown"
 UPSTREAM_OTHER: Final = "upstream-other"
+
+# ``gateway serve --workers N`` sets this for its workers (prometheus_client's multiprocess
+# mode): every worker's /metrics then answers the sum over all workers. Read once, as
+# prometheus_client itself reads it when it is imported.
+MULTIPROCESS_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROCESS_DIR: Final = os.environ.get(MULTIPROCESS_ENV)
 
 _PROBLEMS: Final = known_problem_names()
 _TOKEN_ERRORS: Final = frozenset(TokenRequestError.STATUSES)
@@ -152,6 +159,7 @@ class GatewayMetrics:
             "gateway_in_flight_requests",
             "Requests being handled now.",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.reload_failures = Counter(
             "gateway_reload_failures_total",
@@ -164,6 +172,7 @@ class GatewayMetrics:
             "Build information; the value is always 1.",
             ["version", "agency"],
             registry=registry,
+            multiprocess_mode="max",
         )
         build.labels(version=__version__, agency=agency).set(1)
         # -- exchanges -----------------------------------------------------
@@ -260,8 +269,21 @@ class GatewayMetrics:
         runtime.audit.observer = self
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of this instance's metrics."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition of this instance's metrics.
+
+        In a worker of ``gateway serve --workers N``: the counters, histograms
+        and in-flight gauge summed over every worker (live or gone), and the
+        state gauges of this worker's runtime (the same state in every worker).
+        """
+        if MULTIPROCESS_DIR is None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+        if self._runtime is not None:
+            registry.register(_StateCollector(self._runtime))
+        return generate_latest(registry)
 
     # -- HTTP ------------------------------------------------------------------
 

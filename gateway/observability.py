@@ -15,13 +15,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 import structlog
 
 
-def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
-    """Route structlog to ``stream`` (stderr by default) as JSON lines or console text."""
+def configure_logging(
+    level: str = "info",
+    fmt: str = "json",
+    stream: TextIO | None = None,
+    fixed: Mapping[str, Any] | None = None,
+) -> None:
+    """Route structlog to ``stream`` (stderr by default) as JSON lines or console text.
+
+    ``fixed`` members go on every line (a worker process's ``worker`` index).
+    """
+    constant = dict(fixed or {})
+
+    def add_fixed(_logger: Any, _method: str, event: Any) -> Any:
+        for name, value in constant.items():
+            event.setdefault(name, value)
+        return event
+
+    extra: list[structlog.types.Processor] = [add_fixed] if constant else []
+
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer(colors=False)
         if fmt == "console"
@@ -30,6 +48,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *extra,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             # Without this a logged exception is only "exc_info": true: undiagnosable.

@@ -8,6 +8,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class RateLimits(Protocol):
+    """Where the buckets live; a store shared by several processes (``gateway.state``) too."""
+
+    async def acquire(self, contract: str, requests: int, per_seconds: int, now: float) -> int:
+        """Take a token from ``contract``'s bucket; 0 or the ``Retry-After`` seconds."""
+
+    def retain(self, contracts: set[str]) -> None:
+        """Forget buckets of contracts no longer loaded (a missing bucket is a full one)."""
 
 
 @dataclass
@@ -49,6 +60,10 @@ class RateLimiter:
             bucket = TokenBucket.full(requests, per_seconds, now)
             self._buckets[contract] = bucket
         return bucket.take(now)
+
+    async def acquire(self, contract: str, requests: int, per_seconds: int, now: float) -> int:
+        """:meth:`take` as the :class:`RateLimits` seam has it."""
+        return self.take(contract, requests, per_seconds, now)
 
     def retain(self, contracts: set[str]) -> None:
         """Drop buckets of contracts no longer loaded, so memory follows the contract set."""

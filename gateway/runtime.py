@@ -22,9 +22,10 @@ from gateway.errors import SetupError
 from gateway.keys import AgencyKeys, load_agency_keys, load_public_key_file
 from gateway.metrics import GatewayMetrics
 from gateway.observability import get_logger
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import RateLimiter, RateLimits
 from gateway.registry import Registry, RegistryHolder
 from gateway.replay import MemoryReplayCache, ReplayCache
+from gateway.state import SharedState, open_shared_state
 
 Clock = Callable[[], float]
 
@@ -52,9 +53,11 @@ class Runtime:
     pseudonymize: Pseudonymizer
     metrics: GatewayMetrics
     replay: ReplayCache
-    rate_limiter: RateLimiter = field(default_factory=RateLimiter)
+    rate_limiter: RateLimits = field(default_factory=RateLimiter)
     clock: Clock = time.time
     in_flight: int = 0
+    # Replay ids and buckets shared with other processes (it is then replay and rate_limiter).
+    state: SharedState | None = None
 
     def __post_init__(self) -> None:
         # Label checks and the scrape-time gauges read this runtime; the audit log reports to it.
@@ -73,6 +76,14 @@ class Runtime:
     def now(self) -> int:
         """The current time in whole seconds, from the injected clock."""
         return int(self.clock())
+
+    async def close(self) -> None:
+        """Close the audit log (which signs a final checkpoint) and the shared state store."""
+        try:
+            await self.audit.close()
+        finally:
+            if self.state is not None:
+                await self.state.close()
 
     def trusted(self) -> Registry:
         """The registry in force."""
@@ -135,8 +146,15 @@ def _dir_stamp(settings: GatewaySettings) -> tuple[tuple[str, int, int], ...]:
     return tuple(stamps)
 
 
-async def build_runtime(settings: GatewaySettings, clock: Clock = time.time) -> Runtime:
-    """Load keys, registry, contracts and the audit store; ``SetupError`` names what is wrong."""
+async def build_runtime(
+    settings: GatewaySettings, clock: Clock = time.time, *, workers: int = 1
+) -> Runtime:
+    """Load keys, registry, contracts, the audit store and the shared state store.
+
+    ``workers`` is how many processes serve this gateway: with ``state.store:
+    auto`` it decides where replay ids and rate-limit buckets live
+    (:func:`gateway.state.resolve_state_store`). ``SetupError`` names what is wrong.
+    """
     log = get_logger(agency=settings.agency, component="startup")
     now = int(clock())
     passphrase = settings.keys.passphrase()
@@ -157,7 +175,14 @@ async def build_runtime(settings: GatewaySettings, clock: Clock = time.time) -> 
         stamp=_dir_stamp(settings),
         registry_serial=registry.current.serial,
     )
+    state = open_shared_state(settings, workers, clock)
     audit = await open_audit_log(settings, clock)
+    if state is not None:
+        try:
+            await state.open()
+        except BaseException:
+            await audit.close()
+            raise
     return Runtime(
         settings=settings,
         keys=keys,
@@ -166,8 +191,11 @@ async def build_runtime(settings: GatewaySettings, clock: Clock = time.time) -> 
         audit=audit,
         pseudonymize=pseudonymize,
         metrics=GatewayMetrics(settings.agency),
-        replay=MemoryReplayCache(settings.limits.replay_cache_size),
+        # Not ``state or ...``: an empty store has len() 0 and would read as false.
+        replay=MemoryReplayCache(settings.limits.replay_cache_size) if state is None else state,
+        rate_limiter=RateLimiter() if state is None else state,
         clock=clock,
+        state=state,
     )
 
 

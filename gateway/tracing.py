@@ -27,6 +27,7 @@ context of the request being handled, which the outgoing HTTP calls read.
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -42,13 +43,13 @@ _FORBIDDEN_VERSION: Final = "ff"
 _LENGTH: Final = 55
 FLAG_SAMPLED: Final = 0x01
 
-_HEX_LOWER: Final = frozenset("0123456789abcdef")
+_HEX_LOWER: Final = re.compile(r"[0-9a-f]*")
 # Optional whitespace around an HTTP field value (RFC 9110 section 5.6.3).
 _OWS: Final = " \t"
 
 
 def _is_hex(text: str) -> bool:
-    return all(char in _HEX_LOWER for char in text)
+    return _HEX_LOWER.fullmatch(text) is not None
 
 
 def _is_id(text: str, length: int) -> bool:

@@ -32,6 +32,8 @@ PURE_MODULES = (
     "gateway.audit.log",
     "gateway.processing",
     "gateway.tracing",
+    "gateway.state",
+    "gateway.workers",
 )
 
 

@@ -4,15 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
 import time
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from gateway.config import GatewaySettings
+from gateway.errors import SetupError
 from gateway.observability import get_logger
 from gateway.runtime import Clock, build_runtime, reload_forever
 from gateway.web.app import create_app
+from gateway.workers import READY, address_of
+
+# How often a worker checks that the process that started it is still there.
+PARENT_CHECK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """What a worker of ``gateway serve --workers N`` got from its parent (gateway.workers)."""
+
+    index: int
+    count: int
+    parent_pid: int
+    sockets: tuple[socket.socket, ...]
+    ready_fd: int
 
 
 async def serve(
@@ -20,42 +39,77 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     clock: Clock = time.time,
+    worker: WorkerRole | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop``), then finish in-flight exchanges and close.
 
     On shutdown the listener closes first, requests already being handled
     get ``limits.shutdown_grace_seconds`` to finish, and the audit store
-    commits what is pending before the process exits.
+    commits what is pending before the process exits. A ``worker`` serves the
+    sockets its parent bound, says when it is ready, and stops if the parent
+    goes away.
     """
     log = get_logger(agency=settings.agency)
-    runtime = await build_runtime(settings, clock)
-    app = create_app(runtime)
-    runner = web.AppRunner(
-        app, shutdown_timeout=settings.limits.shutdown_grace_seconds, access_log=None
-    )
-    await runner.setup()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    reloader = asyncio.create_task(reload_forever(runtime), name="reload")
+    runtime = await build_runtime(settings, clock, workers=worker.count if worker else 1)
+    app = create_app(runtime)
+    runner = web.AppRunner(
+        app, shutdown_timeout=settings.limits.shutdown_grace_seconds, access_log=None
+    )
+    tasks: list[asyncio.Task[None]] = []
     try:
-        site = web.TCPSite(runner, settings.listen.host, settings.listen.port)
-        await site.start()
+        await runner.setup()
+        tasks.append(asyncio.create_task(reload_forever(runtime), name="reload"))
+        listen = f"{settings.listen.host}:{settings.listen.port}"
+        if worker is None:
+            try:
+                await web.TCPSite(runner, settings.listen.host, settings.listen.port).start()
+            except OSError as exc:
+                raise SetupError("listen", f"cannot listen on {listen}: {exc.strerror}") from exc
+        else:
+            for sock in worker.sockets:
+                await web.SockSite(runner, sock).start()
+            listen = ", ".join(address_of(sock) for sock in worker.sockets)
+            tasks.append(asyncio.create_task(_watch_parent(worker.parent_pid, stop), name="parent"))
         log.info(
             "gateway_started",
-            listen=f"{settings.listen.host}:{settings.listen.port}",
+            listen=listen,
             public_url=str(settings.public_url),
             contracts=len(runtime.contracts.current),
             registry_serial=runtime.trusted().serial,
+            state="memory" if runtime.state is None else runtime.state.description,
         )
+        if worker is not None:
+            _say_ready(worker.ready_fd)
         await stop.wait()
         log.info("gateway_stopping")
     finally:
-        reloader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reloader
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await runner.cleanup()
-        await runtime.audit.close()
+        await runtime.close()
         log.info("gateway_stopped")
+
+
+def _say_ready(fd: int) -> None:
+    """Tell the parent this worker accepts connections (a parent gone is no error here)."""
+    with contextlib.suppress(OSError):
+        os.write(fd, READY)
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+    """Stop when the parent that supervises this worker is gone (the worker was re-parented)."""
+    while True:
+        await asyncio.sleep(PARENT_CHECK_SECONDS)
+        if os.getppid() != parent:
+            break
+    get_logger().warning("supervisor_gone", parent=parent)
+    stop.set()
