@@ -419,6 +419,14 @@ class ContractSet:
         """The contract ids, sorted."""
         return tuple(self._by_id)
 
+    def has_service(self, service: str) -> bool:
+        """Whether any contract binds ``service`` (constant time: the route index has it)."""
+        return service in self._services
+
+    @cached_property
+    def _services(self) -> frozenset[str]:
+        return frozenset(service for _, _, service in self._by_route)
+
     def __len__(self) -> int:
         return len(self._by_id)
 

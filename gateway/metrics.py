@@ -385,7 +385,7 @@ class GatewayMetrics:
             return UNKNOWN
         if service in runtime.settings.services:
             return service
-        if any(contract.service == service for contract in runtime.contracts.current):
+        if runtime.contracts.current.has_service(service):
             return service
         return UNKNOWN
 
