@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck promcheck unit install clean bench-audit
+.PHONY: demo test lint typecheck promcheck unit install clean bench bench-audit
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ promcheck:
 
 unit: $(STAMP)
 	$(BIN)/pytest --cov=gateway --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=85 -p no:cacheprovider $(PYTEST_ARGS)
+
+## bench: the exchange benchmark: direct (A), two plain proxies (B), two gateways (C) and the
+## crypto floor (F) under wrk, then scaling curves; headline ratios in bench/results/latest.json
+## (about 9 minutes on 2 cores; BENCH_ARGS=--quick for about 2; bench/install-wrk.sh installs
+## Debian's wrk where it is missing; see bench/README.md and docs/performance.md)
+WRK ?= wrk
+bench: $(STAMP)
+	WRK=$(WRK) bench/install-wrk.sh
+	$(BIN)/python -m bench exchange --wrk $(WRK) $(BENCH_ARGS)
 
 ## bench-audit: audit log benchmark, group commit vs one commit per record, proofs at 10^6
 ## (about 1.5 minutes on 2 cores; BENCH_ARGS=--quick for a smaller run; see bench/README.md)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 # name -> module implementing DESCRIPTION, add_arguments(parser) and run(args) -> int.
 BENCHMARKS: dict[str, str] = {
     "audit": "bench.audit",
+    "exchange": "bench.exchange",
 }
 
 

@@ -1,0 +1,1116 @@
+"""Exchange benchmark: what a secured exchange costs next to plain plumbing and its crypto.
+
+Every server is a separate process on 127.0.0.1 and wrk drives the load from
+a process of its own, in one run, with the same request, record and
+concurrency for each scenario:
+
+- A: client -> backend;
+- B: client -> plain aiohttp proxy -> plain aiohttp proxy -> backend;
+- C: client -> consumer gateway -> provider gateway -> backend
+  (``gateway serve --config``: full protocol, audit on both sides);
+- F: the crypto of one exchange through the project's envelope and token
+  code, and through bare ``cryptography`` primitives (the floor).
+
+For each: throughput, latency percentiles, CPU seconds per request of every
+process (``/proc``), peak RSS. A, B and C alternate over rounds; every
+headline figure is the median of its per-round values. Scaling curves follow
+(concurrency, ``--workers``, payload size, contracts loaded, audit log size),
+each restarting the gateways on a config of its own. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from bench import crypto
+from bench.audit import (
+    RECORD_SPACING_MS,
+    RETENTION_S,
+    BulkLeaves,
+    CountingStore,
+    ExchangeRecords,
+    build_log,
+    filesystem_of,
+    fsync_probe,
+    machine_info,
+)
+from bench.gwmetrics import Samples, scrape, summarise
+from bench.loadgen import LoadError, find_wrk, run_wrk
+from bench.network import (
+    CONSUMER,
+    PROVIDER,
+    BenchNetwork,
+    Variant,
+    build,
+    ensure_contract_set,
+    write_configs,
+)
+from bench.payloads import parse_size, record_bytes, request_bytes, size_label
+from bench.procs import MachineTimes, ProcessError, Server, cpu_delta, stop_all
+from bench.report import headline, print_report, write_results
+from gateway.audit.log import AuditLog
+from gateway.audit.note import NoteSigner
+from gateway.audit.records import record_time
+from gateway.audit.store import SqliteAuditStore
+from gateway.jose import MAX_COMPACT_BYTES
+
+DESCRIPTION = (
+    "exchange: direct (A), two plain proxies (B), two gateways (C), crypto floor (F);"
+    " throughput, latency, CPU and memory per process, scaling curves"
+)
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+RESULTS: Final = Path(__file__).resolve().parent / "results"
+
+SCENARIOS: Final = ("A", "B", "C")
+# The processes each scenario passes through, client side first (the backend is last).
+CHAIN: Final = {
+    "A": ("backend",),
+    "B": ("proxy-1", "proxy-2", "backend"),
+    "C": ("consumer-gw", "provider-gw", "backend"),
+}
+HOPS: Final = {"A": (), "B": ("proxy-1", "proxy-2"), "C": ("consumer-gw", "provider-gw")}
+PARTS: Final = ("crypto", "main", "concurrency", "workers", "payload", "contracts", "audit")
+GATEWAYS: Final = {CONSUMER: "consumer-gw", PROVIDER: "provider-gw"}
+
+# Payloads above this size are sent one exchange at a time (memory per exchange is the question).
+LARGE_PAYLOAD: Final = 1024 * 1024
+# JWE compact size of a payload, roughly: base64 of a JWS that holds base64 of the body.
+JWE_EXPANSION: Final = (4 / 3) ** 2
+READY_TIMEOUT: Final = 240.0
+# Servers are idle when together they use at most this share of a core over the window
+# (/proc counts CPU time in ticks of 10 ms).
+IDLE_SHARE: Final = 0.1
+IDLE_WINDOW: Final = 0.3
+# A run during which other processes kept this much of a core busy is flagged as noisy;
+# before each run the benchmark waits (within --quiet-wait) until they use less.
+NOISY_CORES: Final = 0.15
+QUIET_WINDOW: Final = 0.5
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved options of one run."""
+
+    quick: bool
+    rounds: int
+    seconds: float
+    warmup: float
+    curve_seconds: float
+    concurrency: int
+    payload: int
+    concurrencies: tuple[int, ...]
+    payloads: tuple[int, ...]
+    contract_counts: tuple[int, ...]
+    audit_records: int
+    workers: int
+    payload_concurrency: int
+    parts: tuple[str, ...]
+    port_base: int
+    output: Path
+    directory: Path
+    keep: bool
+    wrk: str
+    crypto_batches: int
+    crypto_per_batch: int
+    audit_appends: int
+    quiet_wait: float
+    curve_runs: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        """Defaults of the full run, or of ``--quick``, filled in."""
+        quick = bool(args.quick)
+
+        def pick(value: Any, full: Any, fast: Any) -> Any:
+            return value if value is not None else (fast if quick else full)
+
+        parts = tuple(args.only.split(",")) if args.only else PARTS
+        unknown = set(parts) - set(PARTS)
+        if unknown:
+            raise SystemExit(f"--only: unknown part(s) {sorted(unknown)}; choose from {PARTS}")
+        try:
+            payloads = tuple(
+                parse_size(text) for text in pick(args.payloads, "64K,1M,8M", "1M").split(",")
+            )
+        except ValueError as exc:
+            raise SystemExit(f"--payloads: {exc}") from None
+        settings = cls(
+            quick=quick,
+            rounds=pick(args.rounds, 3, 1),
+            seconds=pick(args.seconds, 10.0, 4.0),
+            warmup=pick(args.warmup, 2.0, 1.0),
+            curve_seconds=pick(args.curve_seconds, 6.0, 3.0),
+            concurrency=args.concurrency,
+            payload=parse_size(args.payload),
+            concurrencies=_ints(pick(args.concurrencies, "1,16,256", "1,256")),
+            payloads=payloads,
+            contract_counts=_ints(pick(args.contracts, "1000,10000", "1000")),
+            audit_records=pick(args.audit_records, 1_000_000, 100_000),
+            workers=args.workers,
+            payload_concurrency=args.payload_concurrency,
+            parts=tuple(part for part in PARTS if part in parts),
+            port_base=args.port_base,
+            output=args.output,
+            directory=(args.dir or Path(tempfile.gettempdir())).resolve(),
+            keep=args.keep,
+            wrk=args.wrk,
+            crypto_batches=pick(None, 7, 3),
+            crypto_per_batch=pick(None, 300, 150),
+            audit_appends=pick(None, 4000, 1500),
+            quiet_wait=pick(args.quiet_wait, 45.0, 10.0),
+            curve_runs=pick(args.curve_runs, 2, 1),
+        )
+        if settings.rounds < 1 or settings.seconds < 1 or settings.curve_seconds < 1:
+            raise SystemExit("--rounds, --seconds and --curve-seconds must be at least 1")
+        return settings
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise SystemExit(f"not a list of whole numbers: {text!r}") from None
+    if any(value < 1 for value in values):
+        raise SystemExit(f"every value must be positive: {text!r}")
+    return values
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _rounded(value: float, digits: int = 4) -> float:
+    """``value`` to ``digits`` significant digits."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    return float(f"{value:.{digits}g}")
+
+
+def median(values: Sequence[float]) -> float:
+    """The median, rounded for the JSON."""
+    return _rounded(statistics.median(values))
+
+
+# -- the processes -------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    """The network, the running servers and the files wrk sends."""
+
+    settings: Settings
+    network: BenchNetwork
+    workdir: Path
+    servers: dict[str, Server] = field(default_factory=dict)
+    variant: Variant | None = None
+    bodies: dict[int, Path] = field(default_factory=dict)
+    headers_file: Path | None = None
+    workers_available: str | None = None  # None: available; else why not
+    startups: list[dict[str, Any]] = field(default_factory=list)
+    quiet_budget: float = 0.0  # seconds left to wait for other processes to go quiet
+
+    @property
+    def logs(self) -> Path:
+        """Where every process's output goes."""
+        return self.workdir / "logs"
+
+    def url(self, scenario: str) -> str:
+        """The client's URL of ``scenario``."""
+        if scenario == "A":
+            return f"http://127.0.0.1:{self.network.backend_port}/income-records"
+        if scenario == "B":
+            return f"http://127.0.0.1:{self.network.proxy_ports[0]}/income-records"
+        return self.network.exchange_url
+
+    def body(self, size: int) -> Path:
+        """The request body file of ``size`` bytes (asking for a record of the same size)."""
+        if size not in self.bodies:
+            path = self.workdir / "bodies" / f"request-{size}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(request_bytes(size))
+            self.bodies[size] = path
+        return self.bodies[size]
+
+    def headers(self) -> Path:
+        """The client's headers, one per line, for wrk."""
+        if self.headers_file is None:
+            self.headers_file = self.workdir / "headers.txt"
+            lines = [f"{name}: {value}" for name, value in self.network.client_headers.items()]
+            self.headers_file.write_text("\n".join(lines) + "\n")
+        return self.headers_file
+
+    def start_plain(self) -> None:
+        """The backend and the two proxy hops of B."""
+        python = sys.executable
+        backend_port = self.network.backend_port
+        first, second = self.network.proxy_ports
+        specs = {
+            "backend": (["backend", "--port", str(backend_port)], backend_port),
+            "proxy-2": (
+                ["proxy", "--port", str(second), "--upstream", f"http://127.0.0.1:{backend_port}"],
+                second,
+            ),
+            "proxy-1": (
+                ["proxy", "--port", str(first), "--upstream", f"http://127.0.0.1:{second}"],
+                first,
+            ),
+        }
+        for name, (arguments, port) in specs.items():
+            server = Server(
+                name=name,
+                command=[python, "-m", "bench.servers", *arguments],
+                health_url=f"http://127.0.0.1:{port}/healthz",
+                log_path=self.logs / f"{name}.log",
+            )
+            server.start(cwd=ROOT)
+            self.servers[name] = server
+        for name in specs:
+            self.servers[name].wait_ready(60)
+
+    def start_gateways(self, variant: Variant) -> dict[str, float]:
+        """Both gateways on the configs of ``variant``; seconds each took to be ready."""
+        self.stop_gateways()
+        paths = write_configs(self.network, variant)
+        for agency, name in GATEWAYS.items():
+            port = self.network.gateway_port(agency)
+            command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(paths[agency])]
+            if variant.workers > 1:
+                command += ["--workers", str(variant.workers)]
+            server = Server(
+                name=name,
+                command=command,
+                health_url=f"http://127.0.0.1:{port}/readyz",
+                log_path=self.logs / f"{name}.log",
+            )
+            server.start(cwd=ROOT)
+            self.servers[name] = server
+        ready = {name: self.servers[name].wait_ready(READY_TIMEOUT) for name in GATEWAYS.values()}
+        self.variant = variant
+        self.startups.append(
+            {"variant": variant.tag, "workers": variant.workers, **_rounded_map(ready)}
+        )
+        # Each worker's own readiness is not visible through one port: let them all start.
+        if variant.workers > 1:
+            time.sleep(2.0)
+            for name in GATEWAYS.values():
+                self.servers[name].refresh_members()
+        return ready
+
+    def stop_gateways(self) -> None:
+        """Stop both gateways (their audit logs commit and checkpoint on SIGTERM)."""
+        for name in GATEWAYS.values():
+            server = self.servers.pop(name, None)
+            if server is not None:
+                server.stop()
+
+    def stop(self) -> None:
+        """Stop every server."""
+        stop_all(self.servers.values())
+        self.servers.clear()
+
+
+def _rounded_map(values: dict[str, float]) -> dict[str, float]:
+    return {key: _rounded(value) for key, value in values.items()}
+
+
+def check_ports(network: BenchNetwork) -> None:
+    """Refuse to start when one of the run's ports is taken."""
+    ports = [
+        network.gateway_port(CONSUMER),
+        network.gateway_port(PROVIDER),
+        network.backend_port,
+        *network.proxy_ports,
+    ]
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As the servers bind: connections of an earlier run in TIME_WAIT do not count.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise ProcessError(
+                    f"port {port} on 127.0.0.1 is in use: pass another --port-base"
+                ) from None
+
+
+def source_state() -> dict[str, Any]:
+    """The commit measured and any uncommitted change to ``gateway/`` (it is measured too)."""
+
+    def git(*arguments: str) -> str:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run(  # noqa: S603 - git with fixed arguments
+                ["git", *arguments],  # noqa: S607 - git from PATH, as a developer runs it
+                capture_output=True,
+                text=True,
+                check=False,
+                cwd=ROOT,
+                timeout=30,
+            )
+            if done.returncode == 0:
+                return done.stdout
+        return ""
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "gateway").splitlines()]
+    return {"commit": git("rev-parse", "HEAD").strip() or None, "gateway_uncommitted": changed}
+
+
+def workers_support() -> str | None:
+    """None when ``gateway serve`` takes ``--workers``; otherwise why it cannot be measured."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        timeout=60,
+    )
+    if "--workers" in done.stdout:
+        return None
+    return "this version of `gateway serve` has no --workers option"
+
+
+# -- one measurement -------------------------------------------------------------
+
+
+def wait_quiet(bench: Bench) -> tuple[float, float]:
+    """Wait, within the run's budget, until other processes leave the machine quiet.
+
+    Our servers are idle when this is called, so what keeps the CPUs busy is
+    someone else (another test run on a shared machine). Returns the seconds
+    waited and the cores the others kept busy at the last look.
+    """
+    started = time.perf_counter()
+    while True:
+        before = MachineTimes.now()
+        time.sleep(QUIET_WINDOW)
+        others = MachineTimes.now().busy_seconds_since(before) / QUIET_WINDOW
+        waited = time.perf_counter() - started
+        if others <= NOISY_CORES or waited >= bench.quiet_budget:
+            break
+    bench.quiet_budget = max(0.0, bench.quiet_budget - waited)
+    return waited, others
+
+
+def wait_idle(servers: Iterable[Server], timeout: float = 60.0) -> float:
+    """Wait until the servers together use under a tenth of a core; the seconds waited."""
+    servers = list(servers)
+    started = time.perf_counter()
+    window = IDLE_WINDOW
+    while time.perf_counter() - started < timeout:
+        before = [server.cpu() for server in servers]
+        time.sleep(window)
+        after = [server.cpu() for server in servers]
+        used = sum(sum(cpu_delta(b, a)) for b, a in zip(before, after, strict=True))
+        if used <= IDLE_SHARE * window:
+            break
+    return time.perf_counter() - started
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(  # noqa: S310 - loopback URLs we built
+        url, data=body, headers={"Content-Type": "application/json", **headers}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def scrape_gateways(bench: Bench, scenario: str) -> dict[str, Samples]:
+    """Both gateways' metrics of interest (C with single-process gateways only)."""
+    if scenario != "C" or (bench.variant is not None and bench.variant.workers > 1):
+        return {}
+    return {
+        name: scrape(f"http://127.0.0.1:{bench.network.gateway_port(agency)}/metrics")
+        for agency, name in GATEWAYS.items()
+    }
+
+
+def check_answers(bench: Bench, size: int, scenarios: Sequence[str] = SCENARIOS) -> None:
+    """One request per scenario: 200 and exactly the backend's record (C: released whole)."""
+    expected = json.loads(record_bytes(size))
+    body = bench.body(size).read_bytes()
+    for scenario in scenarios:
+        status, headers, raw = _post(bench.url(scenario), body, bench.network.client_headers)
+        if status != 200:
+            raise ProcessError(
+                f"scenario {scenario}: status {status} for a {size_label(size)} request:"
+                f" {raw[:300]!r}"
+            )
+        if json.loads(raw) != expected:
+            raise ProcessError(f"scenario {scenario}: the answer is not the backend's record")
+        if scenario == "C" and not (
+            "X-Audit-Index" in headers and "X-Provider-Audit-Index" in headers
+        ):
+            raise ProcessError("scenario C: the answer carries no audit indexes")
+
+
+def measure(
+    bench: Bench,
+    scenario: str,
+    *,
+    connections: int,
+    payload: int,
+    seconds: float,
+    warmup: float,
+    label: str = "",
+) -> dict[str, Any]:
+    """One wrk run of ``scenario``, with CPU and memory of every process around it."""
+    settings = bench.settings
+    body, headers = bench.body(payload), bench.headers()
+    url = bench.url(scenario)
+    wrk_log = bench.logs / "wrk.log"
+    if warmup > 0:
+        warm = run_wrk(
+            settings.wrk,
+            url,
+            connections=connections,
+            seconds=warmup,
+            body=body,
+            headers=headers,
+            log=wrk_log,
+        )
+        if warm.requests and warm.failed >= warm.requests:
+            raise ProcessError(f"scenario {scenario}: every warm-up request failed ({warm.errors})")
+    servers = bench.servers
+    # Requests the warm-up left in flight must not be counted against this run.
+    wait_idle(servers.values())
+    quiet_wait, others_before = wait_quiet(bench)
+    scraped = scrape_gateways(bench, scenario)
+    for server in servers.values():
+        server.reset_peaks()
+    rss_before = {name: server.memory()["rss_mb"] for name, server in servers.items()}
+    cpu_before = {name: server.cpu() for name, server in servers.items()}
+    machine_before = MachineTimes.now()
+    load = run_wrk(
+        settings.wrk,
+        url,
+        connections=connections,
+        seconds=seconds,
+        body=body,
+        headers=headers,
+        log=wrk_log,
+    )
+    machine_after = MachineTimes.now()
+    machine_busy = machine_after.busy_share_since(machine_before)
+    machine_busy_s = machine_after.busy_seconds_since(machine_before)
+    cpu_during = {name: server.cpu() for name, server in servers.items()}
+    if load.requests == 0:
+        raise ProcessError(f"scenario {scenario}: no request completed ({load.errors})")
+    # wrk stops with one request outstanding on each connection; the servers finish
+    # those anyway. Their work is counted, and so are they: CPU per request is
+    # (CPU until idle again) / (completed + connections), with no bias from requests
+    # cut at either end of the run, however slow each one is.
+    drained = wait_idle(servers.values())
+    cpu_after = {name: server.cpu() for name, server in servers.items()}
+    gateway_view = summarise(scraped, scrape_gateways(bench, scenario)) if scraped else {}
+    served = load.requests + connections
+    processes: dict[str, Any] = {}
+    for name, server in servers.items():
+        user, system = cpu_delta(cpu_before[name], cpu_after[name])
+        used = user + system
+        during = sum(cpu_delta(cpu_before[name], cpu_during[name]))
+        memory = server.memory()
+        processes[name] = {
+            "cpu_s": _rounded(used),
+            "system_share": _rounded(system / used, 3) if used else 0.0,
+            "cpu_us_per_request": _rounded(used / served * 1e6),
+            "cores_busy": _rounded(during / load.seconds, 3),
+            "peak_rss_mb": memory["peak_rss_mb"],
+            "peak_rss_sum_mb": memory["peak_rss_sum_mb"],
+            "rss_before_mb": rss_before[name],
+            "peak_over_before_mb": _rounded(memory["peak_rss_sum_mb"] - rss_before[name]),
+            "processes": memory["processes"],
+            "_during": during,
+        }
+    in_chain = CHAIN[scenario]
+    chain_cpu = sum(processes[name]["cpu_s"] for name in in_chain if name in processes)
+    hop_cpu = sum(processes[name]["cpu_s"] for name in HOPS[scenario] if name in processes)
+    every_cpu = sum(entry.pop("_during") for entry in processes.values()) + load.cpu_seconds
+    latency = load.latency_us
+    other = max(0.0, machine_busy_s - every_cpu) / load.wall_seconds
+    result: dict[str, Any] = {
+        "scenario": scenario,
+        "label": label,
+        "connections": connections,
+        "payload_bytes": payload,
+        "variant": bench.variant.tag if bench.variant else None,
+        "workers": bench.variant.workers if bench.variant else 1,
+        "seconds": _rounded(load.seconds),
+        "requests": load.requests,
+        "requests_served": served,
+        "drain_seconds": _rounded(drained, 3),
+        "failed": load.failed,
+        "errors": load.errors,
+        "throughput_rps": _rounded(load.throughput),
+        "latency_ms": {
+            "p50": _rounded(latency["p50"] / 1e3),
+            "p75": _rounded(latency["p75"] / 1e3),
+            "p90": _rounded(latency["p90"] / 1e3),
+            "p99": _rounded(latency["p99"] / 1e3),
+            "p99.9": _rounded(latency["p99.9"] / 1e3),
+            "mean": _rounded(latency["mean"] / 1e3),
+            "max": _rounded(latency["max"] / 1e3),
+        },
+        "hops_cpu_us_per_request": _rounded(hop_cpu / served * 1e6),
+        "chain_cpu_us_per_request": _rounded(chain_cpu / served * 1e6),
+        "processes": {name: processes[name] for name in in_chain if name in processes},
+        "idle_processes_cpu_s": _rounded(
+            sum(entry["cpu_s"] for name, entry in processes.items() if name not in in_chain)
+        ),
+        "wrk": {
+            "cpu_s": _rounded(load.cpu_seconds),
+            "cpu_us_per_request": _rounded(load.cpu_seconds / load.requests * 1e6),
+            "cores_busy": _rounded(load.cpu_seconds / load.seconds, 3),
+            "share_of_machine": _rounded(
+                load.cpu_seconds / (load.seconds * (os.cpu_count() or 1)), 3
+            ),
+            "share_of_cpu_used": _rounded(load.cpu_seconds / every_cpu, 3) if every_cpu else 0.0,
+        },
+        "machine_busy_share": _rounded(machine_busy, 3),
+        # CPU the machine spent on anything but our servers and wrk (another test run, say).
+        "other_cores_busy": _rounded(other, 3),
+        "other_cores_busy_before": _rounded(others_before, 3),
+        "quiet_wait_seconds": _rounded(quiet_wait, 3),
+    }
+    if gateway_view:
+        result["gateway_metrics"] = gateway_view
+    failed = f", {load.failed} FAILED {load.errors}" if load.failed else ""
+    noisy = f", OTHER PROCESSES {other:.2f} cores" if other >= NOISY_CORES else ""
+    _say(
+        f"  {scenario} c={connections:<3} {size_label(payload):>7} {label:<14}"
+        f" {load.throughput:8.1f} req/s  p50 {latency['p50'] / 1e3:7.2f} ms"
+        f"  p99 {latency['p99'] / 1e3:7.2f} ms  chain CPU"
+        f" {chain_cpu / served * 1e6:7.0f} us/req  wrk"
+        f" {load.cpu_seconds / (load.seconds * (os.cpu_count() or 1)) * 100:4.1f}% of the machine,"
+        f" machine busy {machine_busy * 100:3.0f}%{failed}{noisy}"
+    )
+    return result
+
+
+# -- the parts ---------------------------------------------------------------------
+
+
+def _rotations(rounds: int) -> Iterator[tuple[str, ...]]:
+    """A, B, C in a rotated order each round, so no scenario always runs first."""
+    for number in range(rounds):
+        shift = number % len(SCENARIOS)
+        yield SCENARIOS[shift:] + SCENARIOS[:shift]
+
+
+def part_main(bench: Bench) -> dict[str, list[dict[str, Any]]]:
+    """A, B and C at the main concurrency and payload, over rounds."""
+    settings = bench.settings
+    _say(
+        f"\nA, B, C: {settings.rounds} round(s) of {settings.seconds:.0f} s each,"
+        f" c={settings.concurrency}, {size_label(settings.payload)} request and record"
+    )
+    runs: dict[str, list[dict[str, Any]]] = {scenario: [] for scenario in SCENARIOS}
+    for number, order in enumerate(_rotations(settings.rounds), 1):
+        for scenario in order:
+            result = measure(
+                bench,
+                scenario,
+                connections=settings.concurrency,
+                payload=settings.payload,
+                seconds=settings.seconds,
+                warmup=settings.warmup,
+                label=f"round {number}",
+            )
+            result["round"] = number
+            runs[scenario].append(result)
+    return runs
+
+
+def part_concurrency(bench: Bench) -> list[dict[str, Any]]:
+    """B and C at each concurrency of the curve (the main one comes from the rounds)."""
+    settings = bench.settings
+    _say(f"\nConcurrency curve: B and C at c = {', '.join(map(str, settings.concurrencies))}")
+    results = []
+    for connections in settings.concurrencies:
+        for scenario in ("B", "C"):
+            results.append(
+                measure(
+                    bench,
+                    scenario,
+                    connections=connections,
+                    payload=settings.payload,
+                    seconds=settings.curve_seconds,
+                    warmup=min(settings.warmup, 2.0),
+                    label="concurrency",
+                )
+            )
+    return results
+
+
+def part_workers(bench: Bench, variant: Variant) -> list[dict[str, Any]]:
+    """C with both gateways at ``--workers N``, as many rounds as the main part."""
+    settings = bench.settings
+    _say(f"\nWorkers: both gateways at --workers {settings.workers}")
+    bench.start_gateways(replace(variant, workers=settings.workers))
+    check_answers(bench, settings.payload, ("C",))
+    results = []
+    for number in range(1, settings.rounds + 1):
+        result = measure(
+            bench,
+            "C",
+            connections=settings.concurrency,
+            payload=settings.payload,
+            seconds=settings.seconds,
+            warmup=settings.warmup,
+            label=f"workers {settings.workers}",
+        )
+        result["round"] = number
+        results.append(result)
+    return results
+
+
+def expected_jwe_bytes(payload: int) -> int:
+    """About how large the JWE carrying a body of ``payload`` bytes is."""
+    return int(payload * JWE_EXPANSION) + 4096
+
+
+def part_payload(bench: Bench) -> list[dict[str, Any]]:
+    """B and C for each payload size, with the gateways' body limits raised to fit."""
+    settings = bench.settings
+    sizes = sorted({settings.payload, *settings.payloads})
+    fitting = [size for size in sizes if expected_jwe_bytes(size) <= MAX_COMPACT_BYTES]
+    largest = max(fitting)
+    limit = max(1024 * 1024, 2 * expected_jwe_bytes(largest))
+    _say(
+        f"\nPayload curve: {', '.join(size_label(size) for size in sizes)}"
+        f" (gateways restarted with limits.max_body_bytes = {limit:,})"
+    )
+    bench.start_gateways(Variant(max_body_bytes=limit))
+    # First, on the fresh gateways: what one exchange of the largest payload adds to
+    # each gateway's resident memory (one at a time, nothing sent before).
+    memory = measure(
+        bench,
+        "C",
+        connections=1,
+        payload=largest,
+        seconds=settings.curve_seconds,
+        warmup=0,
+        label="memory, fresh",
+    )
+    memory["memory_run"] = True
+    if memory["failed"]:
+        raise ProcessError(f"the {size_label(largest)} exchanges failed: {memory['errors']}")
+    results: list[dict[str, Any]] = []
+    for size in sizes:
+        if size not in fitting:
+            reason = (
+                f"a {size_label(size)} body makes a JWE of about"
+                f" {expected_jwe_bytes(size) / 2**20:.1f} MiB, over the protocol's"
+                f" {MAX_COMPACT_BYTES // 2**20} MiB bound on a compact object (gateway/jose.py"
+                " MAX_COMPACT_BYTES): the gateways refuse it by design"
+            )
+            _say(f"  {size_label(size)}: skipped: {reason}")
+            results.append({"payload_bytes": size, "skipped": reason})
+            continue
+        check_answers(bench, size, ("B", "C"))
+        connections = settings.payload_concurrency if size <= LARGE_PAYLOAD else 1
+        seconds = settings.curve_seconds if size <= LARGE_PAYLOAD else settings.curve_seconds * 1.5
+        for scenario in ("B", "C"):
+            if scenario == "C" and size == largest and connections == 1:
+                results.append(memory)  # the same measurement: one at a time, this size
+                continue
+            result = measure(
+                bench,
+                scenario,
+                connections=connections,
+                payload=size,
+                seconds=seconds,
+                warmup=min(settings.warmup, 2.0),
+                label="payload",
+            )
+            results.append(result)
+        if "crypto" in settings.parts:
+            per_batch = max(2, min(100, (256 * 1024) // size))
+            results[-1]["crypto"] = crypto.measure(size, batches=3, per_batch=per_batch)
+    if memory not in results:
+        results.append(memory)
+    return results
+
+
+def part_contracts(bench: Bench, now: datetime) -> list[dict[str, Any]]:
+    """C with 10 contracts loaded and with each larger set, restarting the gateways."""
+    settings = bench.settings
+    counts = sorted({10, *settings.contract_counts})
+    _say(f"\nContracts loaded: {', '.join(f'{count:,}' for count in counts)}")
+    results = []
+    for count in counts:
+        signing = ensure_contract_set(bench.network, count, now)
+        if signing > 0.5:
+            _say(f"  signed filler contracts up to {count - 1:,} in {signing:.1f} s")
+        ready = bench.start_gateways(Variant(contracts=count))
+        for run in range(settings.curve_runs):
+            result = measure(
+                bench,
+                "C",
+                connections=settings.concurrency,
+                payload=settings.payload,
+                seconds=settings.curve_seconds,
+                warmup=settings.warmup if run == 0 else 0.0,
+                label=f"{count:,} contracts",
+            )
+            result["contracts"] = count
+            result["ready_seconds"] = _rounded_map(ready)
+            results.append(result)
+    return results
+
+
+class _RecentBulkLeaves(BulkLeaves):
+    """Bulk leaves dated up to now (not at bench.audit's fixed date), so none expire mid-run."""
+
+    def __init__(self, rng: random.Random, records: ExchangeRecords, total: int) -> None:
+        super().__init__(rng, records)
+        self._base_ms = int(time.time() * 1000) - total * RECORD_SPACING_MS
+
+    def _time(self, index: int) -> tuple[str, str]:
+        second, millis = divmod(self._base_ms + index * RECORD_SPACING_MS, 1000)
+        if second != self._second:
+            self._second = second
+            self._stamps = (record_time(second)[:-4], record_time(second + RETENTION_S)[:-4])
+        suffix = f"{millis:03d}Z"
+        return self._stamps[0] + suffix, self._stamps[1] + suffix
+
+
+def part_audit(bench: Bench) -> list[dict[str, Any]]:
+    """C on empty audit logs and on logs of ``audit_records`` records (both gateways)."""
+    settings = bench.settings
+    total = settings.audit_records
+    name = f"audit-{total}.db"
+    bench.stop_gateways()
+    _say(f"\nAudit log size: 0 and {total:,} records in each gateway's log")
+    provider_db = bench.network.agency_dir(PROVIDER) / name
+    started = time.perf_counter()
+    rng = random.Random(2026)  # noqa: S311 - synthetic records, not secrets
+    records = ExchangeRecords(rng)
+    built, _ = asyncio.run(
+        build_log(provider_db, total, (), _RecentBulkLeaves(rng, records, total))
+    )
+    shutil.copyfile(provider_db, bench.network.agency_dir(CONSUMER) / name)
+    build_seconds = time.perf_counter() - started
+    _say(f"  built and copied in {build_seconds:.0f} s ({built['database_bytes'] / 1e9:.2f} GB)")
+    results = []
+    for records_count, db in ((0, "audit-empty.db"), (total, name)):
+        ready = bench.start_gateways(Variant(audit_db=db))
+        for run in range(settings.curve_runs):
+            result = measure(
+                bench,
+                "C",
+                connections=settings.concurrency,
+                payload=settings.payload,
+                seconds=settings.curve_seconds,
+                warmup=settings.warmup if run == 0 else 0.0,
+                label=f"{records_count:,} records",
+            )
+            result["audit_records"] = records_count
+            result["ready_seconds"] = _rounded_map(ready)
+            results.append(result)
+    bench.stop_gateways()
+    for agency in (CONSUMER, PROVIDER):
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                (bench.network.agency_dir(agency) / f"{name}{suffix}").unlink()
+    results[-1]["build"] = {**built, "seconds_with_copy": _rounded(build_seconds)}
+    return results
+
+
+async def _append_cost(path: Path, count: int, concurrency: int) -> tuple[float, float]:
+    """CPU seconds per record of building and appending ``count`` records; the mean batch."""
+    store = CountingStore(SqliteAuditStore(path))
+    origin = "bench.example/audit"
+    log = AuditLog(store, origin, NoteSigner.generate(origin))
+    await log.open()
+    records = ExchangeRecords(random.Random(7))  # noqa: S311 - synthetic records
+    try:
+        for _ in range(100):  # warm up: first statements, first checkpoint lock
+            await log.append(records.record(time.time()))
+        store.reset()
+        pending = iter(range(count))
+
+        async def appender() -> None:
+            for _ in pending:  # one iterator shared by every task
+                await log.append(records.record(time.time()))
+
+        started = time.process_time()
+        await asyncio.gather(*(appender() for _ in range(concurrency)))
+        used = time.process_time() - started
+        batches = list(store.batches)
+    finally:
+        await log.close()
+    return used / count, statistics.fmean(batches) if batches else 0.0
+
+
+def audit_append_cost(workdir: Path, count: int, rounds: int = 3) -> dict[str, Any]:
+    """What one audit append costs in CPU, with group commit from 64 tasks and one by one.
+
+    As ``write_audit`` does it: build the record (pseudonyms, identity, time),
+    then append it through :class:`AuditLog` to a SQLite store with the shipped
+    durable settings (WAL, ``synchronous=FULL``); the writer thread's CPU is in
+    ``process_time``. Group commit from 64 tasks is the cheapest an append gets
+    (the limit of ``c_cpu_over_limit`` uses it); one by one, each append is its
+    own transaction and fsync, which is what a lightly loaded gateway pays.
+    """
+    modes: dict[str, dict[str, Any]] = {}
+    for mode, concurrency, appends in (("group", 64, count), ("single", 1, max(200, count // 4))):
+        costs, batches = [], []
+        for number in range(rounds):
+            path = workdir / f"append-cost-{mode}-{number}.db"
+            cost, batch = asyncio.run(_append_cost(path, appends, concurrency))
+            costs.append(cost)
+            batches.append(batch)
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    Path(f"{path}{suffix}").unlink()
+        modes[mode] = {
+            "cpu_us_per_append": _rounded(statistics.median(costs) * 1e6),
+            "rounds_us": [_rounded(cost * 1e6) for cost in costs],
+            "mean_batch": _rounded(statistics.fmean(batches), 3),
+            "appends_per_round": appends,
+            "concurrency": concurrency,
+        }
+    return {
+        "cpu_us_per_append": modes["group"]["cpu_us_per_append"],
+        "cpu_us_per_append_one_by_one": modes["single"]["cpu_us_per_append"],
+        "appends_per_exchange": 2,
+        "modes": modes,
+        "store": "sqlite (WAL, synchronous=FULL), default checkpoint policy",
+    }
+
+
+# -- the command ---------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m bench exchange``."""
+    parser.add_argument(
+        "--quick", action="store_true", help="one round of 4 s, fewer curve points: about 2 min"
+    )
+    parser.add_argument("--rounds", type=int, help="rounds of A, B, C (3; --quick: 1)")
+    parser.add_argument("--seconds", type=float, help="seconds per measured run (10; --quick: 4)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds before each run (2; 1)")
+    parser.add_argument("--curve-seconds", type=float, help="seconds per curve point (6; 3)")
+    parser.add_argument(
+        "--curve-runs",
+        type=int,
+        help="runs per point of the contracts and audit curves, whose flatness is a target"
+        " (2; --quick: 1)",
+    )
+    parser.add_argument("--concurrency", type=int, default=64, help="connections of A, B, C (64)")
+    parser.add_argument("--payload", default="1K", help="request and record size of A, B, C (1K)")
+    parser.add_argument("--concurrencies", help="concurrency curve (1,16,256; --quick: 1,256)")
+    parser.add_argument(
+        "--payloads",
+        help="payload curve, beside --payload (64K,1M,8M; --quick: 1M);"
+        " 10M cannot pass the protocol's 16 MiB compact bound and is reported as skipped",
+    )
+    parser.add_argument(
+        "--payload-concurrency",
+        type=int,
+        default=8,
+        help="connections for payloads up to 1 MiB (8); larger ones go one at a time",
+    )
+    parser.add_argument("--contracts", help="contract set sizes beside 10 (1000,10000; 1000)")
+    parser.add_argument(
+        "--audit-records", type=int, help="records of the large audit logs (10^6; 10^5)"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="--workers of the workers part (2)")
+    parser.add_argument(
+        "--only", help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        help="seconds the whole run may wait, before measurements, for other processes"
+        " to leave the machine quiet (45; --quick: 10)",
+    )
+    parser.add_argument("--port-base", type=int, default=18700, help="ports used: base+2..+22")
+    parser.add_argument("--wrk", default=os.environ.get("WRK", "wrk"), help="the wrk executable")
+    parser.add_argument(
+        "--dir", type=Path, help="where the run's folder is made (default: the temp dir)"
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--keep", action="store_true", help="keep the run's folder and logs")
+
+
+def estimate_seconds(settings: Settings) -> float:
+    """About how long the run takes on a 2-core machine."""
+    # Each run also waits for idle servers before and after it (about a second).
+    run = settings.seconds + settings.warmup + 1.2
+    curve = settings.curve_seconds + min(settings.warmup, 2.0) + 1.2
+    total = 10.0 + settings.quiet_wait / 2
+    parts = settings.parts
+    if "crypto" in parts:
+        total += 10
+    if "main" in parts:
+        total += 3 * settings.rounds * run + 5
+    if "concurrency" in parts:
+        total += 2 * len(settings.concurrencies) * curve
+    if "workers" in parts:
+        total += settings.rounds * run + 5
+    if "payload" in parts:
+        total += 2 * (len(settings.payloads) + 1) * curve * 1.3 + 10
+    if "contracts" in parts:
+        counts = sorted({10, *settings.contract_counts})
+        total += len(counts) * (curve * settings.curve_runs + 5) + sum(counts) * 0.004
+    if "audit" in parts:
+        total += 2 * (curve * settings.curve_runs + 5) + settings.audit_records / 15_000
+    return total
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark, print its tables, write its JSON; 0 on success."""
+    settings = Settings.from_args(args)
+    try:
+        settings = replace(settings, wrk=find_wrk(settings.wrk))
+    except LoadError as exc:
+        print(f"bench exchange: {exc}", file=sys.stderr)
+        return 1
+    settings.directory.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-exchange-", dir=settings.directory))
+    started = time.perf_counter()
+    started_at = datetime.now(UTC)
+    _say(
+        f"Exchange benchmark in {workdir}: parts {', '.join(settings.parts)};"
+        f" about {estimate_seconds(settings) / 60:.0f} min on 2 cores"
+    )
+    bench: Bench | None = None
+    keep = settings.keep
+    try:
+        network = build(workdir / "net", settings.port_base, started_at)
+        check_ports(network)
+        bench = Bench(
+            settings=settings, network=network, workdir=workdir, quiet_budget=settings.quiet_wait
+        )
+        results = _run(bench, started_at)
+    except (ProcessError, LoadError) as exc:
+        keep = True
+        print(f"bench exchange: {exc}", file=sys.stderr)
+        print(f"  run folder and process logs kept: {workdir}", file=sys.stderr)
+        return 1
+    except BaseException:
+        keep = True
+        print(f"bench exchange: run folder and process logs kept: {workdir}", file=sys.stderr)
+        raise
+    finally:
+        if bench is not None:
+            bench.stop()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results["runtime_s"] = _rounded(time.perf_counter() - started)
+    results = headline(results)
+    print_report(results)
+    latest, dated = write_results(results, settings.output)
+    _say(f"\nResults: {latest} and {dated}")
+    if settings.keep:
+        _say(f"Run folder kept: {workdir}")
+    return 0
+
+
+def _run(bench: Bench, started_at: datetime) -> dict[str, Any]:
+    settings = bench.settings
+    workdir = bench.workdir
+    results: dict[str, Any] = {
+        "benchmark": "exchange",
+        "started_at": started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "quick": settings.quick,
+        "settings": {
+            "rounds": settings.rounds,
+            "seconds": settings.seconds,
+            "warmup_seconds": settings.warmup,
+            "curve_seconds": settings.curve_seconds,
+            "concurrency": settings.concurrency,
+            "payload_bytes": settings.payload,
+            "concurrencies": list(settings.concurrencies),
+            "payloads": list(settings.payloads),
+            "payload_concurrency": settings.payload_concurrency,
+            "contract_counts": list(settings.contract_counts),
+            "audit_records": settings.audit_records,
+            "curve_runs": settings.curve_runs,
+            "workers": settings.workers,
+            "parts": list(settings.parts),
+            "wrk": settings.wrk,
+            "wrk_threads": 1,
+            "quiet_wait_budget_seconds": settings.quiet_wait,
+        },
+        "source": source_state(),
+        "machine": {
+            **machine_info(),
+            "run_dir_filesystem": filesystem_of(workdir),
+            "fsync_4k": fsync_probe(workdir),
+        },
+    }
+    ensure_contract_set(bench.network, 10, started_at)
+    if "crypto" in settings.parts:
+        _say("\nF: crypto of one exchange (project code and bare primitives) ...")
+        results["crypto"] = crypto.measure(
+            settings.payload, batches=settings.crypto_batches, per_batch=settings.crypto_per_batch
+        )
+        results["crypto"]["primitives_us"] = crypto.primitives()
+        project = results["crypto"]["project"]["cpu_us_per_exchange"]
+        floor = results["crypto"]["floor"]["cpu_us_per_exchange"]
+        _say(f"  project {project:.0f} us, floor {floor:.0f} us of CPU per exchange")
+        _say("Audit append CPU (build + group commit from 64 tasks, SQLite, FULL) ...")
+        results["audit_append"] = audit_append_cost(workdir, settings.audit_appends)
+        appended = results["audit_append"]
+        _say(
+            f"  {appended['cpu_us_per_append']:.0f} us per append with group commit,"
+            f" {appended['cpu_us_per_append_one_by_one']:.0f} us one by one"
+        )
+    load_parts = {"main", "concurrency", "workers", "payload", "contracts", "audit"}
+    if not load_parts & set(settings.parts):
+        return results
+    bench.workers_available = workers_support()
+    _say("\nStarting the backend, two proxies and two gateways ...")
+    bench.start_plain()
+    default = Variant()
+    bench.start_gateways(default)
+    check_answers(bench, settings.payload)
+    curves: dict[str, Any] = {}
+    if "main" in settings.parts:
+        results["scenarios"] = part_main(bench)
+    if "concurrency" in settings.parts:
+        curves["concurrency"] = part_concurrency(bench)
+    if "workers" in settings.parts:
+        if bench.workers_available is None:
+            curves["workers"] = part_workers(bench, default)
+        else:
+            _say(f"\nWorkers: not measured: {bench.workers_available}")
+            curves["workers"] = {"skipped": bench.workers_available}
+    if "payload" in settings.parts:
+        curves["payload"] = part_payload(bench)
+    if "contracts" in settings.parts:
+        curves["contracts"] = part_contracts(bench, started_at)
+    if "audit" in settings.parts:
+        curves["audit_log"] = part_audit(bench)
+    results["curves"] = curves
+    results["gateway_startups"] = bench.startups
+    results["quiet_wait_seconds_used"] = _rounded(settings.quiet_wait - bench.quiet_budget)
+    results["machine"]["fsync_4k_at_end"] = fsync_probe(workdir)
+    results["machine"]["load_average_1m_at_end"] = _rounded(os.getloadavg()[0], 3)
+    return results
