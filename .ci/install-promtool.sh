@@ -70,21 +70,8 @@ printf '#!/bin/sh\n# install-promtool.sh: no service starts while prometheus is 
     >"$policy"
 chmod 755 "$policy"
 
-apt_install() {
-    apt-get install -y -qq --no-install-recommends prometheus >&2
-}
-candidate=$(apt-cache policy prometheus 2>/dev/null | awk '/Candidate:/ { print $2 }')
-if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then
-    say "no prometheus package in the apt lists: apt-get update"
-    apt-get update -qq >&2
-fi
 say "installing Debian's prometheus package (it provides promtool)"
-if ! apt_install; then
-    # Stale lists name package versions the mirror no longer has.
-    say "apt-get install failed: apt-get update, then one more try"
-    apt-get update -qq >&2
-    apt_install
-fi
+"$(dirname "$0")/apt-install.sh" prometheus
 restore_policy
 backup=""
 trap - EXIT

@@ -38,21 +38,7 @@ fi
 
 started=$(date +%s)
 export DEBIAN_FRONTEND=noninteractive
-apt_install() {
-    apt-get install -y -qq --no-install-recommends wrk >&2
-}
-candidate=$(apt-cache policy wrk 2>/dev/null | awk '/Candidate:/ { print $2 }')
-if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then
-    say "no wrk package in the apt lists: apt-get update"
-    apt-get update -qq >&2
-fi
-say "installing Debian's wrk package"
-if ! apt_install; then
-    # Stale lists name package versions the mirror no longer has.
-    say "apt-get install failed: apt-get update, then one more try"
-    apt-get update -qq >&2
-    apt_install
-fi
+"$(dirname "$0")/../.ci/apt-install.sh" wrk
 
 if ! command -v "$WRK" >/dev/null 2>&1; then
     say "the wrk package is installed but '$WRK' is still not on PATH"
