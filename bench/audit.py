@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bench.report import table
 from gateway.audit.log import MAX_BATCH, AuditLog, CheckpointPolicy
 from gateway.audit.merkle import CompactRange, NodeKey, leaf_hash
 from gateway.audit.merkle import verify_consistency as merkle_verify_consistency
@@ -137,22 +138,6 @@ def _timing(seconds: Sequence[float]) -> dict[str, float]:
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for number, row in enumerate(cells):
-        lines.append(
-            "  ".join(
-                value.ljust(width) if i == 0 else value.rjust(width)
-                for i, (value, width) in enumerate(zip(row, widths, strict=True))
-            ).rstrip()
-        )
-        if number == 0:
-            lines.append("  ".join("-" * width for width in widths))
-    return "\n".join(lines)
 
 
 def _cell(value: object) -> str:
@@ -1263,7 +1248,7 @@ def _report(results: dict[str, Any]) -> None:
             "p50 ms",
             "p99 ms",
         )
-        _say(_table(headers, rows))
+        _say(table(headers, rows, _cell))
         for store, result in stores.items():
             if "skipped" not in result:
                 settings = result["store"]
@@ -1317,7 +1302,7 @@ def _report(results: dict[str, Any]) -> None:
                     )
                 )
         headers = ("size", "operation", "median ms", "p99 ms", "calls", "rows read", "hashes", "n")
-        _say(_table(headers, rows))
+        _say(table(headers, rows, _cell))
         grown = proofs["growth"]
         _say(
             f"Growth {grown['from_size']:,} -> {grown['to_size']:,} records (median time):"

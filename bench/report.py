@@ -293,9 +293,17 @@ def _all_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
 # -- printing --------------------------------------------------------------------
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain text table: the first column left-aligned, the others right-aligned."""
-    cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    cell: Callable[[object], str] | None = None,
+) -> str:
+    """A plain text table: the first column left-aligned, the others right-aligned.
+
+    ``cell`` formats one value (default: this report's number format).
+    """
+    show = cell or _cell
+    cells = [[str(h) for h in headers], *[[show(v) for v in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = []
     for number, row in enumerate(cells):
