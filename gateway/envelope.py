@@ -23,13 +23,13 @@ from gateway.errors import (
 )
 from gateway.jose import (
     MESSAGE_LIFETIME,
-    UnverifiedJWS,
+    _split_jws,
+    _SplitJWS,
     canonical_json,
     claim_type_problem,
     decrypt,
     encrypt,
     freshness_problem,
-    parse_jws,
     sign_jwt,
 )
 from gateway.keys import PrivateKey, PublicKey, b64url
@@ -94,7 +94,8 @@ class OpenedMessage:
     @property
     def signature(self) -> str:
         """The sender's signature segment: evidence for the audit record."""
-        return self.jws.rsplit(".", 1)[1]
+        # Sliced after the last dot: rsplit would also copy all before it.
+        return self.jws[self.jws.rindex(".") + 1 :]
 
     @property
     def body(self) -> dict[str, Any]:
@@ -151,15 +152,19 @@ def seal_request(
     return _seal(claims, signing_key, recipient, REQUEST_JWS_TYP, REQUEST_JWE_TYP)
 
 
-def _decrypt_inner(
-    jwe: str, keys: Collection[PrivateKey], jwe_typ: str, jws_typ: str
-) -> UnverifiedJWS:
+def _decrypt_inner(jwe: str, keys: Collection[PrivateKey], jwe_typ: str, jws_typ: str) -> _SplitJWS:
+    """The inner JWS, split as ``parse_jws`` splits it (checks and errors alike).
+
+    Its claims are parsed once and its payload is never needed again: a
+    ``_SplitJWS`` frees the payload's bytes before parsing them (memory).
+    """
     plaintext = decrypt(jwe, keys, jwe_typ)
     try:
         inner = plaintext.decode("ascii")
     except UnicodeDecodeError as exc:
         raise EnvelopeInvalid("the envelope is not valid") from exc
-    return parse_jws(inner, jws_typ)
+    del plaintext  # its text is all that is needed from here (memory)
+    return _split_jws(inner, jws_typ)
 
 
 def open_request(
@@ -176,7 +181,7 @@ def open_request(
             raise EnvelopeInvalid(
                 "the envelope is not valid", audit_detail="inner kid is not the token's cnf.jkt"
             )
-        claims = inner.claims()
+        claims = inner.take_claims()
     except JoseError as exc:
         raise EnvelopeInvalid("the envelope is not valid", audit_detail=str(exc)) from exc
     problem = claim_type_problem(claims, _REQUEST_CLAIMS)
@@ -270,6 +275,24 @@ def seal_response(
     return _seal(claims, signing_key, recipient, RESPONSE_JWS_TYP, RESPONSE_JWE_TYP)
 
 
+# Large messages are hashed this many characters at a time.
+_HASH_SLICE_CHARS: Final = 256 * 1024
+
+
+def _message_hash(compact: str) -> str:
+    """``token_hash(compact)``, hashed a slice at a time.
+
+    For a check made while a large response's claims are alive: hashing
+    does not add a whole copy of a large request to them (memory).
+    """
+    if not compact.isascii():
+        return token_hash(compact)  # which refuses it
+    digest = hashlib.sha256()
+    for start in range(0, len(compact), _HASH_SLICE_CHARS):
+        digest.update(compact[start : start + _HASH_SLICE_CHARS].encode("ascii"))
+    return b64url(digest.digest())
+
+
 # Given the released ``fields`` claim and ``body``, the reason they exceed the
 # contract, or None when everything released is within it.
 ReleaseCheck = Callable[[list[str], Mapping[str, Any]], str | None]
@@ -305,7 +328,7 @@ def open_response(
         if key is None:
             raise refuse("response signed by a key the registry does not list for the provider")
         inner.verify(key)
-        claims = inner.claims()
+        claims = inner.take_claims()
     except (JoseError, EnvelopeInvalid) as exc:
         raise refuse(f"response: {exc}") from exc
     problem = claim_type_problem(claims, _RESPONSE_CLAIMS) or freshness_problem(
@@ -319,7 +342,7 @@ def open_response(
         raise refuse("response status is not an answer (200-499)")
     if claims["in_reply_to"] != request.jti:
         raise refuse("in_reply_to is not our request")
-    if claims["req_hash"] != token_hash(request.jws):
+    if claims["req_hash"] != _message_hash(request.jws):
         raise refuse("req_hash is not our request")
     if not all(isinstance(path, str) for path in claims["fields"]):
         raise refuse("fields must be strings")

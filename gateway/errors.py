@@ -1,7 +1,7 @@
 """The gateway's one exception tree.
 
 Every error the gateway raises on purpose derives from :class:`GatewayError`.
-Foreign exceptions (pyjwt, joserfc, cryptography, pydantic, aiohttp) are
+Foreign exceptions (cryptography, pydantic, aiohttp) are
 translated once, where they happen, with ``raise ... from``::
 
     GatewayError

@@ -1,30 +1,56 @@
 """The narrow JOSE layer every message goes through (protocol section 3.0).
 
-Signatures use pyjwt's algorithm implementations and JWE uses joserfc; this
-module only adds the protocol's strict rules around them: exact ``typ``,
-``alg`` fixed by the key, ``kid`` expected for the position, refused headers,
-strict base64url and JSON (no duplicate members, no floats). Nothing here
-performs I/O; nothing here trusts a header to choose a key or an algorithm.
+Written directly over the ``cryptography`` package's primitives and narrow to
+exactly the protocol suite (section 2): JWS ``EdDSA`` (also named
+``Ed25519``, RFC 9864) with Ed25519 keys and ``ES256`` (raw ``r || s``) with
+P-256 keys; JWE in compact serialization only, ``ECDH-ES+A256KW`` (Concat KDF,
+RFC 3394 key wrap) with ``A256GCM``, to X25519 or P-256 keys. No other
+algorithm exists here, and no cryptographic arithmetic either: only
+``cryptography``'s ECDH, Concat KDF, AES key wrap, AES-GCM, Ed25519 and ECDSA
+are composed. Around them this module applies the protocol's strict rules:
+exact ``typ``, ``alg`` fixed by the key, ``kid`` expected for the position,
+refused headers, strict base64url and JSON (no duplicate members, no floats),
+exact lengths of every binary member. Nothing here performs I/O; nothing here
+trusts a header to choose a key or an algorithm.
 """
 
 from __future__ import annotations
 
+import binascii
 import json
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeGuard
 
-from cryptography.exceptions import InvalidKey, InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from joserfc import jwe
-from joserfc.errors import JoseError as JoserfcError
-from joserfc.jwe import JWERegistry
-from joserfc.jwk import ECKey, OKPKey
-from jwt.algorithms import Algorithm, ECAlgorithm, OKPAlgorithm
-from jwt.exceptions import InvalidKeyError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from gateway.errors import BadSignature, MalformedJose
-from gateway.keys import ENC_ALG, ENC_ENC, PrivateKey, PublicKey, b64url, b64url_decode
+from gateway.keys import (
+    ENC_ALG,
+    ENC_ENC,
+    PrivateKey,
+    PrivateKeyObject,
+    PublicKey,
+    PublicKeyObject,
+    b64url,
+    b64url_decode,
+)
+
+# What the ``cryptography`` primitives, hashlib and binascii read from: a view
+# of a larger buffer passes without being copied.
+_Buffer = bytes | bytearray | memoryview
 
 # Headers the protocol refuses in every object (3.0): no extensions, no
 # compression, and no header may carry or locate a key other than the JWE epk.
@@ -39,10 +65,69 @@ MAX_COMPACT_BYTES: Final = 16 * 1024 * 1024
 # A header larger than this is not one of ours.
 MAX_HEADER_BYTES: Final = 4096
 
-_SIGNERS: Final[Mapping[str, Algorithm]] = {
-    "EdDSA": OKPAlgorithm(),
-    "Ed25519": OKPAlgorithm(),
-    "ES256": ECAlgorithm(ECAlgorithm.SHA256, ec.SECP256R1),
+# Sizes fixed by the suite: P-256 and X25519 coordinates, ES256 and Ed25519
+# signatures, the A256GCM key, IV and tag, and an A256KW-wrapped 256-bit key.
+_COORDINATE_BYTES: Final = 32
+_SIGNATURE_BYTES: Final = 64
+_CEK_BYTES: Final = 32
+_IV_BYTES: Final = 12
+_TAG_BYTES: Final = 16
+_WRAPPED_CEK_BYTES: Final = _CEK_BYTES + 8
+
+_ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
+_ECDH: Final = ec.ECDH()
+
+
+class _EdDSA:
+    """JWS ``EdDSA``/``Ed25519`` (RFC 8037): the 64-byte RFC 8032 signature."""
+
+    def sign(self, data: _Buffer, key: PrivateKeyObject) -> bytes:
+        if not isinstance(key, Ed25519PrivateKey):
+            raise TypeError("EdDSA signs with an Ed25519 key")
+        return key.sign(data)
+
+    def verify(self, data: _Buffer, key: PublicKeyObject, signature: bytes) -> bool:
+        if not isinstance(key, Ed25519PublicKey) or len(signature) != _SIGNATURE_BYTES:
+            return False
+        try:
+            key.verify(signature, data)
+        except InvalidSignature:
+            return False
+        return True
+
+
+class _ES256:
+    """JWS ``ES256`` (RFC 7518 3.4): ECDSA P-256 SHA-256, signature ``r || s``, 32 bytes each."""
+
+    def sign(self, data: _Buffer, key: PrivateKeyObject) -> bytes:
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
+            key.curve, ec.SECP256R1
+        ):
+            raise TypeError("ES256 signs with a P-256 key")
+        r, s = decode_dss_signature(key.sign(data, _ECDSA_SHA256))
+        return r.to_bytes(_COORDINATE_BYTES, "big") + s.to_bytes(_COORDINATE_BYTES, "big")
+
+    def verify(self, data: _Buffer, key: PublicKeyObject, signature: bytes) -> bool:
+        if (
+            not isinstance(key, ec.EllipticCurvePublicKey)
+            or not isinstance(key.curve, ec.SECP256R1)
+            or len(signature) != _SIGNATURE_BYTES
+        ):
+            return False
+        r = int.from_bytes(signature[:_COORDINATE_BYTES], "big")
+        s = int.from_bytes(signature[_COORDINATE_BYTES:], "big")
+        try:
+            key.verify(encode_dss_signature(r, s), data, _ECDSA_SHA256)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+_EDDSA: Final = _EdDSA()
+_SIGNERS: Final[Mapping[str, _EdDSA | _ES256]] = {
+    "EdDSA": _EDDSA,
+    "Ed25519": _EDDSA,
+    "ES256": _ES256(),
 }
 
 
@@ -55,11 +140,13 @@ def normalize_typ(typ: object) -> str | None:
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate member {key!r}")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate member {key!r}")
+            seen.add(key)
     return result
 
 
@@ -71,20 +158,54 @@ def _reject_constant(text: str) -> Any:
     raise ValueError(f"{text} is not JSON")
 
 
+# One decoder for every call: ``json.loads`` with hooks builds a new one each time.
+_STRICT_DECODER: Final = json.JSONDecoder(
+    object_pairs_hook=_reject_duplicates,
+    parse_float=_reject_float,
+    parse_constant=_reject_constant,
+)
+
+
 def strict_json_object(data: bytes | str) -> dict[str, Any]:
-    """Parse a JSON object: no duplicate members, no floats, no NaN/Infinity."""
+    """Parse a JSON object: UTF-8 without BOM, no duplicate members, no floats, no NaN/Infinity.
+
+    Bytes must be strict UTF-8 (RFC 8259 section 8.1): an encoded lone
+    surrogate, another encoding or a byte order mark is refused, as text
+    holding a lone surrogate is.
+    """
+    return _strict_json_parse(_strict_json_text(data))
+
+
+def _strict_json_text(data: bytes | str) -> str:
+    """The first half of :func:`strict_json_object`: the JSON text, checked."""
     try:
-        value = json.loads(
-            data,
-            object_pairs_hook=_reject_duplicates,
-            parse_float=_reject_float,
-            parse_constant=_reject_constant,
-        )
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        if not isinstance(text, str):
+            raise TypeError(f"JSON must be bytes or text, not {type(data).__name__}")
+        # A lone surrogate in text cannot be signed or hashed again; text
+        # decoded from strict UTF-8 holds none, so only given text is encoded.
+        if text is data and not text.isascii():
+            text.encode("utf-8")
+        if text.startswith("\ufeff"):
+            raise ValueError("a byte order mark is not allowed")
+    except (ValueError, UnicodeError, RecursionError) as exc:
+        raise MalformedJose(f"not strict JSON: {exc}") from exc
+    return text
+
+
+def _strict_json_parse(text: str) -> dict[str, Any]:
+    """The second half of :func:`strict_json_object`: the checked text parsed.
+
+    Apart, so that the bytes the text was decoded from can be freed before
+    parsing (memory).
+    """
+    try:
+        value = _STRICT_DECODER.decode(text)
+    except (ValueError, UnicodeError, RecursionError) as exc:
         raise MalformedJose(f"not strict JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise MalformedJose("not a JSON object")
-    escaped = b"\\u" in data if isinstance(data, bytes) else "\\u" in data
+    escaped = "\\u" in text
     if escaped:
         # A lone surrogate escape parses but is no Unicode text: it could not
         # be hashed, pseudonymised or signed again. Re-encoding finds one.
@@ -100,15 +221,121 @@ def canonical_json(value: Mapping[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _segments(compact: object, count: int) -> list[str]:
+def _compact_text(compact: object) -> str:
     if not isinstance(compact, str):
         raise MalformedJose("not a compact serialization string")
     if len(compact) > MAX_COMPACT_BYTES:
         raise MalformedJose("object too large")
-    parts = compact.split(".")
+    return compact
+
+
+def _segments(compact: object, count: int) -> list[str]:
+    parts = _compact_text(compact).split(".")
     if len(parts) != count:
         raise MalformedJose(f"compact serialization must have {count} parts")
     return parts
+
+
+# Where a segment is in its compact serialization: (start, end).
+_Bounds = tuple[int, int]
+
+
+def _segment_bounds(compact: object, count: int) -> tuple[str, list[_Bounds]]:
+    """The checks of :func:`_segments`, and where the segments are rather than copies of them.
+
+    A large segment is then decoded a slice at a time from the compact text
+    (:func:`_b64url_decoded_slices`), never copied whole (memory).
+    """
+    text = _compact_text(compact)
+    bounds: list[_Bounds] = []
+    start = 0
+    for _ in range(count - 1):
+        end = text.find(".", start)
+        if end < 0:
+            break
+        bounds.append((start, end))
+        start = end + 1
+    if len(bounds) != count - 1 or text.find(".", start) >= 0:
+        raise MalformedJose(f"compact serialization must have {count} parts")
+    bounds.append((start, len(text)))
+    return text, bounds
+
+
+def _segment(text: str, bounds: _Bounds) -> str:
+    start, end = bounds
+    return text[start:end]
+
+
+# Large values are base64url-coded a slice at a time: encoded this many bytes
+# at a time (a multiple of 3, so that only the last slice has padding), and
+# decoded this many characters at a time (a multiple of 4, so that every slice
+# is whole base64 quanta). The slices are small; only the result is full size.
+_ENCODE_SLICE_BYTES: Final = 3 * 64 * 1024
+_DECODE_SLICE_CHARS: Final = 4 * 64 * 1024
+
+# binascii's standard base64 to base64url (its padding is deleted separately).
+_STANDARD_TO_B64URL: Final = bytes.maketrans(b"+/", b"-_")
+_DOT: Final = ord(".")
+
+
+def _b64url_length(size: int) -> int:
+    """The length of the unpadded base64url text of ``size`` bytes."""
+    return (4 * size + 2) // 3
+
+
+def _b64url_ascii(data: _Buffer) -> bytes:
+    """:func:`b64url` as ASCII bytes."""
+    return binascii.b2a_base64(data, newline=False).translate(_STANDARD_TO_B64URL, b"=")
+
+
+def _b64url_compact(*parts: _Buffer, first: bytes = b"") -> bytes | bytearray:
+    """``BASE64URL(part) || '.' || ...`` as ASCII, after ``first`` and a dot if given.
+
+    ``first`` is a (non-empty) segment already encoded: a JWE's protected
+    header, which is also its AAD.
+    """
+    head = [first] if first else []
+    if sum(map(len, parts)) <= _ENCODE_SLICE_BYTES:
+        # Small parts: a join is fastest, and its copies are small.
+        return b".".join(head + [_b64url_ascii(part) for part in parts])
+    # Large ones are encoded a slice at a time straight into one buffer of
+    # the exact size: no temporary of a part's size, no copy to join (memory).
+    dots = len(head) + len(parts) - 1
+    compact = bytearray(len(first) + dots + sum(_b64url_length(len(part)) for part in parts))
+    compact[: len(first)] = first
+    at = len(first)
+    for index, part in enumerate(parts):
+        if index or first:
+            compact[at] = _DOT
+            at += 1
+        for start in range(0, len(part), _ENCODE_SLICE_BYTES):
+            encoded = _b64url_ascii(part[start : start + _ENCODE_SLICE_BYTES])
+            compact[at : at + len(encoded)] = encoded
+            at += len(encoded)
+    return compact
+
+
+def _b64url_decode_segment(text: str, bounds: _Bounds) -> bytes:
+    """``b64url_decode`` of a segment: a large one without a copy of its text."""
+    if bounds[1] - bounds[0] <= _DECODE_SLICE_CHARS:
+        return b64url_decode(_segment(text, bounds))
+    return b"".join(_b64url_decoded_slices(text, bounds))
+
+
+def _b64url_decoded_slices(text: str, bounds: _Bounds) -> Iterator[bytes]:
+    """``b64url_decode`` of a segment, a slice at a time, with exactly its errors.
+
+    Each slice but the last is whole quanta, so the slices decode alone and
+    one fails exactly when the whole segment would; the whole segment is then
+    decoded for the very error it gives.
+    """
+    start, end = bounds
+    try:
+        for at in range(start, end, _DECODE_SLICE_CHARS):
+            yield b64url_decode(text[at : min(at + _DECODE_SLICE_CHARS, end)])
+    except ValueError:
+        b64url_decode(_segment(text, bounds))
+        raise
 
 
 def _header(segment: str) -> dict[str, Any]:
@@ -156,42 +383,102 @@ class UnverifiedJWS:
 
     def verify(self, key: PublicKey) -> None:
         """Verify with ``key``: its ``alg`` must match the header and the signature hold."""
-        if key.use != "sig":
-            raise BadSignature("key is not a signing key")
-        alg = self.header.get("alg")
-        if not isinstance(alg, str) or not key.accepts_alg(alg):
-            raise BadSignature(f"alg does not match the key's {key.alg}")
-        signer = _SIGNERS[alg]
-        try:
-            valid = signer.verify(self.signing_input, key.key, self.signature)
-        except (InvalidKeyError, ValueError, TypeError) as exc:
-            raise BadSignature("signature does not verify") from exc
-        if not valid:
-            raise BadSignature("signature does not verify")
+        _verify_jws(self.header, self.signature, key, lambda: self.signing_input)
+
+
+def _verify_jws(
+    header: Mapping[str, Any],
+    signature: bytes,
+    key: PublicKey,
+    signing_input: Callable[[], _Buffer],
+) -> None:
+    """:meth:`UnverifiedJWS.verify`, the signing input made only once the key fits."""
+    if key.use != "sig":
+        raise BadSignature("key is not a signing key")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or not key.accepts_alg(alg):
+        raise BadSignature(f"alg does not match the key's {key.alg}")
+    signer = _SIGNERS.get(alg)
+    if signer is None or not signer.verify(signing_input(), key.key, signature):
+        raise BadSignature("signature does not verify")
+
+
+@dataclass
+class _SplitJWS:
+    """:class:`UnverifiedJWS` for one use: its payload is given up to be parsed.
+
+    The payload's bytes are then freed as soon as they are decoded to text,
+    before the JSON is parsed: the claims, their text and the payload's bytes
+    are not all alive at once (memory). For a caller that needs the claims
+    once and never the payload.
+    """
+
+    compact: str
+    header: Mapping[str, Any]
+    payload: bytes
+    signature: bytes
+
+    @property
+    def kid(self) -> str:
+        """The signer's ``kid`` from the header (checked to be a string)."""
+        return str(self.header["kid"])
+
+    def take_claims(self) -> dict[str, Any]:
+        """:meth:`UnverifiedJWS.claims`, once: the payload is empty after."""
+        payload, self.payload = self.payload, b""
+        text = _strict_json_text(payload)
+        del payload  # freed before the parse
+        return _strict_json_parse(text)
+
+    def verify(self, key: PublicKey) -> None:
+        """:meth:`UnverifiedJWS.verify`."""
+        _verify_jws(self.header, self.signature, key, self._signing_input)
+
+    def _signing_input(self) -> memoryview:
+        # A view of one ASCII copy of the (parsed, so ASCII) compact, where
+        # slicing and then encoding it makes two (memory).
+        encoded = self.compact.encode("ascii")
+        return memoryview(encoded)[: encoded.rindex(b".")]
 
 
 def parse_jws(compact: object, expected_typ: str) -> UnverifiedJWS:
     """Split a compact JWS and apply the 3.0 header rules for position ``expected_typ``."""
-    header_b64, payload_b64, signature_b64 = _segments(compact, 3)
-    header = _header(header_b64)
+    _, header, payload, signature = _jws_parts(compact, expected_typ)
+    return UnverifiedJWS(compact=str(compact), header=header, payload=payload, signature=signature)
+
+
+def _split_jws(compact: object, expected_typ: str) -> _SplitJWS:
+    """:func:`parse_jws` for a caller that takes the claims once (see :class:`_SplitJWS`)."""
+    return _SplitJWS(*_jws_parts(compact, expected_typ))
+
+
+def _jws_parts(compact: object, expected_typ: str) -> tuple[str, dict[str, Any], bytes, bytes]:
+    """The checks of :func:`parse_jws`; the compact text, header, payload and signature."""
+    text, (header_at, payload_at, signature_at) = _segment_bounds(compact, 3)
+    header = _header(_segment(text, header_at))
     _check_common_header(header, expected_typ)
     alg = header.get("alg")
     if alg not in _SIGNERS:
         raise MalformedJose("alg not allowed")
     try:
-        payload = b64url_decode(payload_b64)
-        signature = b64url_decode(signature_b64)
+        payload = _b64url_decode_segment(text, payload_at)
+        signature = _b64url_decode_segment(text, signature_at)
     except ValueError as exc:
         raise MalformedJose(f"payload or signature: {exc}") from exc
-    return UnverifiedJWS(compact=str(compact), header=header, payload=payload, signature=signature)
+    return text, header, payload, signature
 
 
 def sign_jws(payload: bytes, key: PrivateKey, typ: str) -> str:
     """A compact JWS of ``payload`` with header ``{"typ", "alg", "kid"}``, signed by ``key``."""
     header = canonical_json({"typ": typ, "alg": key.alg, "kid": key.kid})
-    signing_input = f"{b64url(header)}.{b64url(payload)}"
-    signature = _SIGNERS[key.alg].sign(signing_input.encode("ascii"), key.key)
-    return f"{signing_input}.{b64url(signature)}"
+    signing_input = _b64url_compact(header, payload)
+    # Each large value is freed as soon as the next is made (memory): first
+    # a caller's temporary payload (sign_jwt's), then the signing input.
+    del payload
+    signature = _SIGNERS[key.alg].sign(signing_input, key.key)
+    compact = b".".join((signing_input, _b64url_ascii(signature)))
+    del signing_input
+    return compact.decode("ascii")
 
 
 def sign_jwt(claims: Mapping[str, Any], key: PrivateKey, typ: str) -> str:
@@ -213,46 +500,81 @@ def attach_payload(detached: str, payload: bytes) -> str:
     return f"{header_b64}.{b64url(payload)}.{signature_b64}"
 
 
-def _joserfc_key(key: PublicKey | PrivateKey) -> Any:
-    cached = _JOSERFC_KEYS.get((key.kid, isinstance(key, PrivateKey)))
-    if cached is not None:
-        return cached
-    native = key.key
-    imported = (
-        ECKey.import_key(native)
-        if isinstance(native, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey)
-        else OKPKey.import_key(native)
-    )
-    if len(_JOSERFC_KEYS) >= _JOSERFC_CACHE_SIZE:
-        _JOSERFC_KEYS.clear()
-    _JOSERFC_KEYS[(key.kid, isinstance(key, PrivateKey))] = imported
-    return imported
+# ECDH-ES+A256KW (RFC 7518 4.6): the KEK is Concat KDF (NIST SP 800-56A) with
+# SHA-256 over Z, with OtherInfo = AlgorithmID || PartyUInfo || PartyVInfo ||
+# SuppPubInfo, each of the first three a 32-bit big-endian length and its bytes.
+def _length_prefixed(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
 
 
-class _GatewayJWERegistry(JWERegistry):
-    # joserfc caps ciphertext at 64 KiB by default; our bound is the compact
-    # size limit, enforced before parsing (and the body limits before that).
-    max_ciphertext_length = MAX_COMPACT_BYTES
+_ALGORITHM_ID: Final = _length_prefixed(ENC_ALG.encode("ascii"))
+_SUPP_PUB_INFO: Final = (_CEK_BYTES * 8).to_bytes(4, "big")
+# Our JWEs carry neither apu nor apv (both empty): their OtherInfo is a constant.
+_OTHER_INFO: Final = _ALGORITHM_ID + _length_prefixed(b"") + _length_prefixed(b"") + _SUPP_PUB_INFO
 
 
-# Importing a key into joserfc costs more than using it; keys are few.
-_JOSERFC_CACHE_SIZE: Final = 4096
-_JOSERFC_KEYS: dict[tuple[str, bool], Any] = {}
-_JWE_REGISTRY: Final = _GatewayJWERegistry(algorithms=[ENC_ALG, ENC_ENC])
+def _key_encryption_key(shared_secret: bytes, other_info: bytes) -> bytes:
+    return ConcatKDFHash(hashes.SHA256(), _CEK_BYTES, other_info).derive(shared_secret)
+
+
+def _p256_epk(public: ec.EllipticCurvePublicKey) -> dict[str, str]:
+    numbers = public.public_numbers()
+    return {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": b64url(numbers.x.to_bytes(_COORDINATE_BYTES, "big")),
+        "y": b64url(numbers.y.to_bytes(_COORDINATE_BYTES, "big")),
+    }
+
+
+def _sender_agreement(recipient: PublicKeyObject) -> tuple[dict[str, str], bytes]:
+    """A fresh ephemeral key of the recipient's curve: its public JWK and Z."""
+    if isinstance(recipient, X25519PublicKey):
+        ephemeral = X25519PrivateKey.generate()
+        shared = ephemeral.exchange(recipient)  # ValueError for a low-order key
+        x = b64url(ephemeral.public_key().public_bytes_raw())
+        return {"kty": "OKP", "crv": "X25519", "x": x}, shared
+    if isinstance(recipient, ec.EllipticCurvePublicKey) and isinstance(
+        recipient.curve, ec.SECP256R1
+    ):
+        ephemeral_ec = ec.generate_private_key(ec.SECP256R1())
+        shared = ephemeral_ec.exchange(_ECDH, recipient)
+        return _p256_epk(ephemeral_ec.public_key()), shared
+    raise ValueError("not an X25519 or P-256 key")
 
 
 def encrypt(plaintext: bytes, recipient: PublicKey, typ: str) -> str:
     """A compact JWE (``ECDH-ES+A256KW``, ``A256GCM``) of ``plaintext`` to ``recipient``."""
     if recipient.use != "enc":
         raise MalformedJose("recipient key is not an encryption key")
-    header = {"alg": ENC_ALG, "enc": ENC_ENC, "kid": recipient.kid, "cty": "JWT", "typ": typ}
     try:
-        return str(
-            jwe.encrypt_compact(header, plaintext, _joserfc_key(recipient), registry=_JWE_REGISTRY)
-        )
+        epk, shared = _sender_agreement(recipient.key)
     except ValueError as exc:
         # A low-order X25519 recipient key yields no shared secret.
         raise MalformedJose("cannot encrypt to that key") from exc
+    header = {
+        "alg": ENC_ALG,
+        "enc": ENC_ENC,
+        "kid": recipient.kid,
+        "cty": "JWT",
+        "typ": typ,
+        "epk": epk,
+    }
+    protected = _b64url_ascii(canonical_json(header))
+    cek = os.urandom(_CEK_BYTES)
+    iv = os.urandom(_IV_BYTES)
+    encrypted_key = aes_key_wrap(_key_encryption_key(shared, _OTHER_INFO), cek)
+    sealed = AESGCM(cek).encrypt(iv, plaintext, protected)
+    # Only the ciphertext is needed now: a caller's temporary plaintext is freed.
+    del plaintext
+    # Ciphertext and tag are views of AES-GCM's one output, encoded straight
+    # into the compact's one buffer: no slice, segment or join copies (memory).
+    ciphertext = memoryview(sealed)
+    compact = _b64url_compact(
+        encrypted_key, iv, ciphertext[:-_TAG_BYTES], ciphertext[-_TAG_BYTES:], first=protected
+    )
+    del ciphertext, sealed  # freed before the text is made
+    return compact.decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -263,9 +585,18 @@ class JWEHeader:
     key: PrivateKey
 
 
+@dataclass(frozen=True)
+class _SplitJWEHeader(JWEHeader):
+    """What :func:`check_jwe_header` split, so that :func:`decrypt` splits nothing twice."""
+
+    compact: str = field(repr=False, compare=False)
+    bounds: Sequence[_Bounds] = field(repr=False, compare=False)
+
+
 def check_jwe_header(compact: object, keys: Collection[PrivateKey], expected_typ: str) -> JWEHeader:
     """Apply 3.0 to a JWE header and pick our key by its ``kid``."""
-    header = _header(_segments(compact, 5)[0])
+    text, bounds = _segment_bounds(compact, 5)
+    header = _header(_segment(text, bounds[0]))
     _check_common_header(header, expected_typ)
     if header.get("alg") != ENC_ALG or header.get("enc") != ENC_ENC:
         raise MalformedJose(f"alg/enc must be {ENC_ALG}/{ENC_ENC}")
@@ -278,33 +609,143 @@ def check_jwe_header(compact: object, keys: Collection[PrivateKey], expected_typ
     for key in keys:
         if key.kid == header["kid"]:
             _check_epk(epk, key)
-            return JWEHeader(header=header, key=key)
+            return _SplitJWEHeader(header=header, key=key, compact=str(compact), bounds=bounds)
     raise MalformedJose("kid is not one of our encryption keys")
 
 
 def _check_epk(epk: Mapping[str, Any], key: PrivateKey) -> None:
-    # The libraries read the epk as our key's type whatever its kty says;
-    # an epk that claims another type is refused (Wycheproof x25519_jwk 524-527).
-    expected = {name: key.public.jwk[name] for name in ("kty", "crv")}
-    if {name: epk.get(name) for name in expected} != expected:
+    # The epk is read as our key's type whatever its kty says; an epk that
+    # claims another type is refused (Wycheproof x25519_jwk 524-527).
+    expected = key.public.jwk
+    if epk.get("kty") != expected["kty"] or epk.get("crv") != expected["crv"]:
         raise MalformedJose("epk is not a key of the recipient key's type")
     if "d" in epk:
         raise MalformedJose("epk carries a private key")
 
 
+def _decoded(segment: object, name: str) -> bytes:
+    if not isinstance(segment, str):
+        raise MalformedJose(f"does not decrypt: {name} is not base64url")
+    try:
+        return b64url_decode(segment)
+    except ValueError as exc:
+        raise MalformedJose(f"does not decrypt: {name} is not base64url") from exc
+
+
+def _fixed_bytes(segment: object, name: str, size: int) -> bytes:
+    raw = _decoded(segment, name)
+    if len(raw) != size:
+        raise MalformedJose(f"does not decrypt: {name} must be {size} bytes")
+    return raw
+
+
+def _recipient_agreement(epk: Mapping[str, Any], key: PrivateKey) -> bytes:
+    """Z between our ``key`` and the sender's ``epk``, read as a key of our key's curve."""
+    _check_epk(epk, key)
+    native = key.key
+    if isinstance(native, X25519PrivateKey):
+        peer = X25519PublicKey.from_public_bytes(
+            _fixed_bytes(epk.get("x"), "epk x", _COORDINATE_BYTES)
+        )
+        try:
+            return native.exchange(peer)
+        except ValueError as exc:
+            # RFC 7748 6.1: a low-order point gives the all-zero secret.
+            raise MalformedJose(f"does not decrypt: low-order epk ({type(exc).__name__})") from exc
+    if isinstance(native, ec.EllipticCurvePrivateKey) and isinstance(native.curve, ec.SECP256R1):
+        x = _fixed_bytes(epk.get("x"), "epk x", _COORDINATE_BYTES)
+        y = _fixed_bytes(epk.get("y"), "epk y", _COORDINATE_BYTES)
+        try:
+            # Refuses a point off the curve (invalid-curve attacks) and a
+            # coordinate that is not reduced modulo p.
+            peer_ec = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + x + y)
+        except ValueError as exc:
+            raise MalformedJose(
+                f"does not decrypt: epk is not a P-256 point ({type(exc).__name__})"
+            ) from exc
+        return native.exchange(_ECDH, peer_ec)
+    raise MalformedJose("does not decrypt: not an X25519 or P-256 key")
+
+
+def _other_info(header: Mapping[str, Any]) -> bytes:
+    if "apu" not in header and "apv" not in header:
+        return _OTHER_INFO
+    apu = _decoded(header.get("apu", ""), "apu")
+    apv = _decoded(header.get("apv", ""), "apv")
+    return _ALGORITHM_ID + _length_prefixed(apu) + _length_prefixed(apv) + _SUPP_PUB_INFO
+
+
+def _ciphertext_and_tag(compact: str, ciphertext_at: _Bounds, tag: bytes) -> bytes | bytearray:
+    """AES-GCM's input, ``ciphertext || tag``, from the ciphertext segment."""
+    start, end = ciphertext_at
+    if end - start <= _DECODE_SLICE_CHARS:
+        return b64url_decode(compact[start:end]) + tag
+    # A large ciphertext is decoded a slice at a time from the compact text
+    # straight into one buffer with room for the tag: no copy of its text,
+    # no concatenation (memory).
+    sealed = bytearray((end - start) * 3 // 4 + _TAG_BYTES)
+    at = 0
+    for piece in _b64url_decoded_slices(compact, ciphertext_at):
+        sealed[at : at + len(piece)] = piece
+        at += len(piece)
+    sealed[at:] = tag
+    return sealed
+
+
+def _open(
+    compact: str, bounds: Sequence[_Bounds], header: Mapping[str, Any], key: PrivateKey
+) -> bytes:
+    """ECDH-ES+A256KW / A256GCM decryption of a split compact JWE with ``key``.
+
+    It does not rely on the header check having run: whatever the header
+    says, only the suite's algorithms are used, and a header naming others,
+    or compression or extensions, is refused.
+    """
+    if key.use != "enc":
+        raise MalformedJose("does not decrypt: not an encryption key")
+    if header.get("alg") != ENC_ALG or header.get("enc") != ENC_ENC:
+        raise MalformedJose(f"does not decrypt: alg/enc must be {ENC_ALG}/{ENC_ENC}")
+    if "zip" in header or "crit" in header:
+        raise MalformedJose("does not decrypt: zip and crit are refused")
+    epk = header.get("epk")
+    if not isinstance(epk, Mapping):
+        raise MalformedJose("does not decrypt: epk missing")
+    protected_at, encrypted_key_at, iv_at, ciphertext_at, tag_at = bounds
+    encrypted_key = _fixed_bytes(
+        _segment(compact, encrypted_key_at), "encrypted key", _WRAPPED_CEK_BYTES
+    )
+    iv = _fixed_bytes(_segment(compact, iv_at), "iv", _IV_BYTES)
+    tag = _fixed_bytes(_segment(compact, tag_at), "tag", _TAG_BYTES)
+    try:
+        sealed = _ciphertext_and_tag(compact, ciphertext_at, tag)
+    except ValueError as exc:
+        raise MalformedJose("does not decrypt: ciphertext is not base64url") from exc
+    other_info = _other_info(header)
+    kek = _key_encryption_key(_recipient_agreement(epk, key), other_info)
+    try:
+        cek = aes_key_unwrap(kek, encrypted_key)
+    except InvalidUnwrap as exc:
+        raise MalformedJose("does not decrypt: InvalidUnwrap") from exc
+    try:
+        return AESGCM(cek).decrypt(iv, sealed, _segment(compact, protected_at).encode("ascii"))
+    except InvalidTag as exc:
+        raise MalformedJose("does not decrypt: InvalidTag") from exc
+
+
 def decrypt(compact: object, keys: Collection[PrivateKey], expected_typ: str) -> bytes:
     """Decrypt a compact JWE addressed to one of ``keys``; any failure is ``MalformedJose``."""
     checked = check_jwe_header(compact, keys, expected_typ)
+    if isinstance(checked, _SplitJWEHeader) and checked.compact is compact:
+        text, bounds, header = checked.compact, checked.bounds, checked.header
+    else:  # a JWEHeader not made by check_jwe_header for this object: split it here
+        text, bounds = _segment_bounds(compact, 5)
+        header = _header(_segment(text, bounds[0]))
     try:
-        result = jwe.decrypt_compact(
-            str(compact), _joserfc_key(checked.key), registry=_JWE_REGISTRY
-        )
-    except (JoserfcError, InvalidTag, InvalidKey, ValueError, TypeError, KeyError) as exc:
+        return _open(text, bounds, header, checked.key)
+    except MalformedJose:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:
         raise MalformedJose(f"does not decrypt: {type(exc).__name__}") from exc
-    plaintext = result.plaintext
-    if not isinstance(plaintext, bytes):
-        raise MalformedJose("empty plaintext")
-    return plaintext
 
 
 # Clock skew tolerated on every time check (protocol 3.0).

@@ -405,6 +405,7 @@ class Consumer:
             compact = raw.decode("ascii").strip()
         except UnicodeDecodeError as exc:
             raise UpstreamUnreachable("the provider answered badly") from exc
+        del raw  # only its text is needed: not held while it is opened (memory)
 
         def within_contract(fields: list[str], body: Mapping[str, Any]) -> str | None:
             if not contract.field_filter.permits(fields):
@@ -423,6 +424,7 @@ class Consumer:
                 within_contract=within_contract,
                 now=runtime.now(),
             )
+        del compact  # opened: not held through the audit write (memory)
         claims = response.claims
         provider_index = claims["audit"].get("index")
         members.update(

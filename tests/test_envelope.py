@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+import gc
+import tracemalloc
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +37,7 @@ from gateway.errors import (
     StaleMessage,
     UpstreamUnreachable,
 )
-from gateway.jose import encrypt, parse_jws, sign_jws, sign_jwt
+from gateway.jose import canonical_json, encrypt, parse_jws, sign_jws, sign_jwt
 from gateway.keys import PrivateKey, PublicKey, b64url, b64url_decode, generate_private_keys
 from gateway.tokens import Grant, issue_access_token, token_hash, verify_access_token
 
@@ -858,3 +860,78 @@ class TestCorruptionProperty:
         world, token, request, exchange, response = sealed_fixture()
         assert world.open(request.jwe, token).jti == request.jti
         assert open_reply(exchange, response.jwe, NOW).jti == response.jti
+
+
+# --------------------------------------------------------------------------------------
+# Memory: a regression guard on what sealing and opening a large body allocate.
+# --------------------------------------------------------------------------------------
+
+
+def traced_peak(call: Callable[[], Any]) -> tuple[Any, int]:
+    """``call()``, and the most memory it had allocated at once over what was before.
+
+    Measured by ``tracemalloc`` with the cyclic collector off: a count of the
+    bytes Python allocates, the same on every run, not a timing.
+    """
+    gc.collect()
+    gc.disable()
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
+        tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        start = tracemalloc.get_traced_memory()[0]
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1] - start
+    finally:
+        if not tracing:
+            tracemalloc.stop()
+        gc.enable()
+
+
+class TestMemory:
+    """Peak memory of the four envelope steps for a 2 MiB body, as multiples of its JSON.
+
+    A regression guard, not a benchmark. The body's JSON is wrapped in a JWS
+    (base64url, 4/3 of it) inside a JWE (base64url again, 16/9), and Python
+    copies large buffers readily: each step used to peak at 7.7-8.9 times
+    the JSON over its start (serialising, encoding, slicing ciphertext and
+    tag, joining segments, decoding whole segments). Since every large
+    intermediate is freed as soon as the next is made and the base64url
+    work goes a slice at a time into place, a step peaks at what it must
+    hold: the compact strings it returns or reads, one buffer being
+    converted into another, and the parsed claims. Measured on CPython
+    3.11: seal 4.89x, open 3.72x (request) and 3.67x (response). The bounds
+    are those with 30% margin, below the old 7.67x-8.89x. The body is long
+    strings, so that the parsed claims (which the caller keeps) weigh about
+    what their JSON does and the bound is about the envelope's own copies.
+    """
+
+    SEAL_BOUND = 6.4
+    OPEN_BOUND = 4.8
+
+    @staticmethod
+    def large_body() -> dict[str, Any]:
+        """About 2 MiB of compact JSON: 2,000 strings of 1 KiB."""
+        return {"national_id": SUBJECT, "documents": ["y" * 1024] * 2000}
+
+    def test_request(self, world: World, now: int) -> None:
+        """seal_request and open_request stay under their bounds, and round-trip."""
+        body = self.large_body()
+        size = len(canonical_json(body))
+        token = world.token(now)
+        sealed, seal_peak = traced_peak(lambda: world.seal(now, token, body=body))
+        opened, open_peak = traced_peak(lambda: world.open(sealed.jwe, token))
+        assert opened.body == body
+        assert seal_peak / size < self.SEAL_BOUND
+        assert open_peak / size < self.OPEN_BOUND
+
+    def test_response(self, exchange: Exchange, now: int) -> None:
+        """seal_response and open_response stay under their bounds, and round-trip."""
+        body = self.large_body()
+        size = len(canonical_json(body))
+        sealed, seal_peak = traced_peak(lambda: respond(exchange, now, body=body))
+        opened, open_peak = traced_peak(lambda: open_reply(exchange, sealed.jwe, now))
+        assert opened.body == body
+        assert seal_peak / size < self.SEAL_BOUND
+        assert open_peak / size < self.OPEN_BOUND

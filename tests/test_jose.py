@@ -10,6 +10,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from gateway.errors import BadSignature, JoseError, MalformedJose
 from gateway.jose import (
@@ -721,3 +723,605 @@ class TestClaimTypes:
         assert not is_int(True)
         assert not is_int(1.0)
         assert not is_int("1")
+
+
+# --------------------------------------------------------------------------------------
+# The layer over cryptography primitives, cross-checked with independent libraries
+# --------------------------------------------------------------------------------------
+
+# P-256's field prime: a coordinate at or above it is not a reduced field element.
+P256_P = 2**256 - 2**224 + 2**192 + 2**96 - 1
+P256_B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
+KINDS: list[KeyAlgorithm] = ["ed25519", "p256"]
+# Keys for the hypothesis properties (function-scoped fixtures do not mix with @given).
+PROPERTY_KEYS: dict[str, PrivateKey] = {kind: generate(kind, 1) for kind in KINDS}
+PROPERTY_JWES: dict[str, str] = {
+    kind: encrypt(b'{"iss":"a","body":{"n":1}}', key.public, JWE_TYP)
+    for kind, key in PROPERTY_KEYS.items()
+}
+
+
+def jwe_protected(recipient: PrivateKey, **extra: str) -> dict[str, str]:
+    """The protected header our layer expects for ``recipient``, plus ``extra`` members."""
+    return {
+        "alg": ENC_ALG,
+        "enc": ENC_ENC,
+        "kid": recipient.kid,
+        "typ": JWE_TYP,
+        "cty": "JWT",
+        **extra,
+    }
+
+
+def with_segment_bytes(compact: str, index: int, raw: bytes) -> str:
+    """``compact`` with segment ``index`` replaced by the encoding of ``raw``."""
+    return replace_segment(compact, index, b64url(raw))
+
+
+def p256_point_with_small_x() -> tuple[int, int]:
+    """A P-256 point whose x is small, so that x + p still fits in 32 bytes."""
+    for x in range(1, 1000):
+        rhs = (x**3 - 3 * x + P256_B) % P256_P
+        y = pow(rhs, (P256_P + 1) // 4, P256_P)  # p = 3 mod 4
+        if y * y % P256_P == rhs:
+            return x, y
+    raise AssertionError("no point found")
+
+
+class TestJweCrossLibrary:
+    """JWEs of this layer open in joserfc and jwcrypto, and theirs open here."""
+
+    APU = b64url(b"social-benefits")
+    APV = b64url(b"tax-authority")
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_ours_decrypts_in_joserfc(self, kind: KeyAlgorithm) -> None:
+        """joserfc (restricted to the suite) opens what we seal."""
+        from joserfc import jwe as joserfc_jwe
+        from joserfc.jwk import ECKey, OKPKey
+
+        recipient = generate(kind, 1)
+        compact = encrypt(b"for joserfc", recipient.public, JWE_TYP)
+        key = (ECKey if kind == "p256" else OKPKey).import_key(recipient.key)
+        result = joserfc_jwe.decrypt_compact(compact, key, algorithms=[ENC_ALG, ENC_ENC])
+        assert result.plaintext == b"for joserfc"
+        assert result.protected["kid"] == recipient.kid
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_ours_decrypts_in_jwcrypto(self, kind: KeyAlgorithm) -> None:
+        """jwcrypto opens what we seal."""
+        from jwcrypto import jwe as jwcrypto_jwe
+        from jwcrypto.jwk import JWK
+
+        recipient = generate(kind, 1)
+        compact = encrypt(b"for jwcrypto", recipient.public, JWE_TYP)
+        token = jwcrypto_jwe.JWE()
+        token.deserialize(compact, JWK.from_pyca(recipient.key))
+        assert token.payload == b"for jwcrypto"
+
+    @pytest.mark.parametrize("kind", KINDS)
+    @pytest.mark.parametrize("party_info", [False, True])
+    def test_joserfc_jwe_decrypts_here(self, kind: KeyAlgorithm, party_info: bool) -> None:
+        """joserfc's ECDH-ES+A256KW/A256GCM, with or without apu/apv, opens here."""
+        from joserfc import jwe as joserfc_jwe
+        from joserfc.jwk import ECKey, OKPKey
+
+        recipient = generate(kind, 1)
+        extra = {"apu": self.APU, "apv": self.APV} if party_info else {}
+        key = (ECKey if kind == "p256" else OKPKey).import_key(recipient.public.key)
+        compact = joserfc_jwe.encrypt_compact(
+            jwe_protected(recipient, **extra), b"from joserfc", key, algorithms=[ENC_ALG, ENC_ENC]
+        )
+        assert (jwe_header(compact).get("apu") == self.APU) is party_info
+        assert decrypt(compact, [recipient], JWE_TYP) == b"from joserfc"
+
+    @pytest.mark.parametrize("kind", KINDS)
+    @pytest.mark.parametrize("party_info", [False, True])
+    def test_jwcrypto_jwe_decrypts_here(self, kind: KeyAlgorithm, party_info: bool) -> None:
+        """jwcrypto's ECDH-ES+A256KW/A256GCM, with or without apu/apv, opens here."""
+        from jwcrypto import jwe as jwcrypto_jwe
+        from jwcrypto.common import json_encode
+        from jwcrypto.jwk import JWK
+
+        recipient = generate(kind, 1)
+        extra = {"apu": self.APU, "apv": self.APV} if party_info else {}
+        token = jwcrypto_jwe.JWE(
+            b"from jwcrypto", protected=json_encode(jwe_protected(recipient, **extra))
+        )
+        token.add_recipient(JWK(**recipient.public.jwk))
+        compact = token.serialize(compact=True)
+        assert (jwe_header(compact).get("apv") == self.APV) is party_info
+        assert decrypt(compact, [recipient], JWE_TYP) == b"from jwcrypto"
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_party_info_is_bound(self, kind: KeyAlgorithm) -> None:
+        """apu/apv enter the KDF: a JWE made with other party info does not open.
+
+        jwcrypto seals with one apu; the header then names another (the tag
+        would fail anyway, so the header check alone is also run on it).
+        """
+        from jwcrypto import jwe as jwcrypto_jwe
+        from jwcrypto.common import json_encode
+        from jwcrypto.jwk import JWK
+
+        recipient = generate(kind, 1)
+        token = jwcrypto_jwe.JWE(
+            b"x", protected=json_encode(jwe_protected(recipient, apu=self.APU))
+        )
+        token.add_recipient(JWK(**recipient.public.jwk))
+        changed = with_jwe_header(token.serialize(compact=True), apu=self.APV)
+        assert check_jwe_header(changed, [recipient], JWE_TYP).key == recipient
+        with pytest.raises(MalformedJose, match="does not decrypt"):
+            decrypt(changed, [recipient], JWE_TYP)
+
+    @pytest.mark.parametrize("name", ["apu", "apv"])
+    @pytest.mark.parametrize("value", ["AA=", "A", "a+b", 5, ["AA"]])
+    def test_party_info_must_be_base64url(
+        self, encryption_key: PrivateKey, name: str, value: object
+    ) -> None:
+        """A present apu/apv that is not strict base64url is refused."""
+        compact = with_jwe_header(encrypt(b"x", encryption_key.public, JWE_TYP), **{name: value})
+        with pytest.raises(MalformedJose, match=f"{name} is not base64url"):
+            decrypt(compact, [encryption_key], JWE_TYP)
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_empty_plaintext(self, kind: KeyAlgorithm) -> None:
+        """An empty plaintext round-trips (and joserfc agrees; jwcrypto refuses any)."""
+        from joserfc import jwe as joserfc_jwe
+        from joserfc.jwk import ECKey, OKPKey
+
+        recipient = generate(kind, 1)
+        compact = encrypt(b"", recipient.public, JWE_TYP)
+        assert compact.split(".")[3] == ""
+        assert decrypt(compact, [recipient], JWE_TYP) == b""
+        key = (ECKey if kind == "p256" else OKPKey).import_key(recipient.key)
+        result = joserfc_jwe.decrypt_compact(compact, key, algorithms=[ENC_ALG, ENC_ENC])
+        assert result.plaintext in (b"", None)
+
+    def test_fresh_ephemeral_key_iv_and_cek(self, encryption_key: PrivateKey) -> None:
+        """Two seals of the same plaintext share no epk, encrypted key, IV or ciphertext."""
+        one = encrypt(b"same", encryption_key.public, JWE_TYP).split(".")
+        two = encrypt(b"same", encryption_key.public, JWE_TYP).split(".")
+        for index in range(5):
+            assert one[index] != two[index]
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_header_members(self, kind: KeyAlgorithm) -> None:
+        """The protected header is exactly the protocol's, plus a public epk of our curve."""
+        recipient = generate(kind, 1)
+        header = jwe_header(encrypt(b"x", recipient.public, JWE_TYP))
+        epk = header.pop("epk")
+        assert header == jwe_protected(recipient)
+        if kind == "p256":
+            assert set(epk) == {"kty", "crv", "x", "y"}
+            assert (epk["kty"], epk["crv"]) == ("EC", "P-256")
+            assert len(b64url_decode(epk["x"])) == len(b64url_decode(epk["y"])) == 32
+        else:
+            assert epk == {"kty": "OKP", "crv": "X25519", "x": epk["x"]}
+            assert len(b64url_decode(epk["x"])) == 32
+
+
+class TestJweBinaryMembers:
+    """Exact lengths and strict base64url of the binary segments and the epk."""
+
+    @pytest.mark.parametrize(
+        ("index", "name", "lengths"),
+        [
+            (1, "encrypted key", [0, 8, 24, 32, 39, 41, 48]),
+            (2, "iv", [0, 8, 11, 13, 16]),
+            (4, "tag", [0, 4, 8, 12, 15, 17, 32]),
+        ],
+    )
+    def test_wrong_lengths(
+        self, encryption_key: PrivateKey, index: int, name: str, lengths: list[int]
+    ) -> None:
+        """An encrypted key other than 40 bytes, an IV other than 12, a tag other than 16."""
+        compact = encrypt(b"some plaintext", encryption_key.public, JWE_TYP)
+        for length in lengths:
+            bad = with_segment_bytes(compact, index, bytes(range(length)))
+            with pytest.raises(MalformedJose, match=f"{name} must be"):
+                decrypt(bad, [encryption_key], JWE_TYP)
+
+    @pytest.mark.parametrize("index", [1, 2, 3, 4])
+    @pytest.mark.parametrize("suffix", ["=", "==", "+", "/", " ", "!"])
+    def test_segments_not_base64url(
+        self, encryption_key: PrivateKey, index: int, suffix: str
+    ) -> None:
+        """Padding or characters outside base64url in any binary segment: refused."""
+        compact = encrypt(b"some plaintext", encryption_key.public, JWE_TYP)
+        bad = replace_segment(compact, index, compact.split(".")[index] + suffix)
+        with pytest.raises(MalformedJose, match="not base64url"):
+            decrypt(bad, [encryption_key], JWE_TYP)
+
+    def test_non_canonical_base64url_refused(self, encryption_key: PrivateKey) -> None:
+        """An IV whose last character carries non-zero unused bits is refused."""
+        compact = encrypt(b"x", encryption_key.public, JWE_TYP)
+        iv = compact.split(".")[2]  # 12 bytes: 16 characters, no unused bits; use the tag
+        tag = compact.split(".")[4]  # 16 bytes: 22 characters, 4 unused bits in the last
+        assert len(iv) == 16
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        last = alphabet.index(tag[-1])
+        bad_tag = tag[:-1] + alphabet[last | 1]
+        assert b64url_decode(tag) == b64url_decode(tag[:-1] + alphabet[last])
+        with pytest.raises(MalformedJose, match="tag is not base64url"):
+            decrypt(replace_segment(compact, 4, bad_tag), [encryption_key], JWE_TYP)
+
+    def test_invalid_p256_epk_point(self) -> None:
+        """An epk point off P-256 is refused before any key agreement."""
+        recipient = generate("p256", 1)
+        compact = encrypt(b"x", recipient.public, JWE_TYP)
+        epk = jwe_header(compact)["epk"]
+        y = int.from_bytes(b64url_decode(epk["y"]), "big")
+        off_curve = {**epk, "y": b64url(((y + 1) % P256_P).to_bytes(32, "big"))}
+        with pytest.raises(MalformedJose, match="not a P-256 point"):
+            decrypt(with_jwe_header(compact, epk=off_curve), [recipient], JWE_TYP)
+
+    def test_unreduced_p256_coordinate(self) -> None:
+        """A coordinate x + p (same point modulo p) is refused: one encoding per point."""
+        recipient = generate("p256", 1)
+        compact = encrypt(b"x", recipient.public, JWE_TYP)
+        x, y = p256_point_with_small_x()
+        canonical = {"kty": "EC", "crv": "P-256", "y": b64url(y.to_bytes(32, "big"))}
+        # The reduced point is accepted up to the tag (the JWE was not made with it) ...
+        reduced = {**canonical, "x": b64url(x.to_bytes(32, "big"))}
+        with pytest.raises(MalformedJose, match=r"does not decrypt: (InvalidTag|InvalidUnwrap)"):
+            decrypt(with_jwe_header(compact, epk=reduced), [recipient], JWE_TYP)
+        # ... the unreduced one is refused as a point.
+        unreduced = {**canonical, "x": b64url((x + P256_P).to_bytes(32, "big"))}
+        with pytest.raises(MalformedJose, match="not a P-256 point"):
+            decrypt(with_jwe_header(compact, epk=unreduced), [recipient], JWE_TYP)
+
+    @pytest.mark.parametrize("kind", KINDS)
+    @pytest.mark.parametrize("length", [0, 31, 33, 64])
+    def test_epk_coordinate_lengths(self, kind: KeyAlgorithm, length: int) -> None:
+        """epk coordinates are exactly 32 bytes (X25519 x; P-256 x and y)."""
+        recipient = generate(kind, 1)
+        compact = encrypt(b"x", recipient.public, JWE_TYP)
+        epk = jwe_header(compact)["epk"]
+        for name in ("x", "y") if kind == "p256" else ("x",):
+            bad = {**epk, name: b64url(b"\x01" * length)}
+            with pytest.raises(MalformedJose, match=f"epk {name} must be 32 bytes"):
+                decrypt(with_jwe_header(compact, epk=bad), [recipient], JWE_TYP)
+
+    @pytest.mark.parametrize("kind", KINDS)
+    @pytest.mark.parametrize("value", [None, 7, "AA=", "not base64!"])
+    def test_epk_coordinate_not_base64url(self, kind: KeyAlgorithm, value: object) -> None:
+        """A missing, non-string or non-base64url epk coordinate is refused."""
+        recipient = generate(kind, 1)
+        compact = encrypt(b"x", recipient.public, JWE_TYP)
+        epk = {**jwe_header(compact)["epk"], "x": value}
+        if value is None:
+            del epk["x"]
+        with pytest.raises(MalformedJose, match="epk x is not base64url"):
+            decrypt(with_jwe_header(compact, epk=epk), [recipient], JWE_TYP)
+
+    @pytest.mark.parametrize("point", [bytes(32), b"\x01" + bytes(31), b"\xe0\xeb\x7a\x7c" * 8])
+    def test_low_order_x25519_epk(self, encryption_key: PrivateKey, point: bytes) -> None:
+        """A low-order X25519 epk (all-zero shared secret, RFC 7748 6.1) is MalformedJose."""
+        compact = encrypt(b"x", encryption_key.public, JWE_TYP)
+        epk = {"kty": "OKP", "crv": "X25519", "x": b64url(point)}
+        with pytest.raises(MalformedJose, match="does not decrypt"):
+            decrypt(with_jwe_header(compact, epk=epk), [encryption_key], JWE_TYP)
+
+    def test_zero_epk_names_the_reason(self, encryption_key: PrivateKey) -> None:
+        """The all-zero point is refused for what it is, not by a tag mismatch."""
+        compact = encrypt(b"x", encryption_key.public, JWE_TYP)
+        epk = {"kty": "OKP", "crv": "X25519", "x": b64url(bytes(32))}
+        with pytest.raises(MalformedJose, match="low-order epk"):
+            decrypt(with_jwe_header(compact, epk=epk), [encryption_key], JWE_TYP)
+
+    def test_decrypt_core_refuses_other_algorithms(
+        self, encryption_key: PrivateKey, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With the header check out of the way, the core still uses and accepts only the suite."""
+        from gateway import jose
+
+        def bypass(compact: object, keys: Any, expected_typ: str) -> jose.JWEHeader:
+            return jose.JWEHeader(header={}, key=next(iter(keys)))
+
+        monkeypatch.setattr(jose, "check_jwe_header", bypass)
+        compact = encrypt(b"x", encryption_key.public, JWE_TYP)
+        assert decrypt(compact, [encryption_key], JWE_TYP) == b"x"
+        for changes, reason in (
+            ({"alg": "ECDH-ES"}, "alg/enc must be"),
+            ({"enc": "A128GCM"}, "alg/enc must be"),
+            ({"zip": "DEF"}, "zip and crit are refused"),
+            ({"crit": ["x"]}, "zip and crit are refused"),
+            ({"epk": None}, "epk missing"),
+        ):
+            with pytest.raises(MalformedJose, match=reason):
+                decrypt(with_jwe_header(compact, **changes), [encryption_key], JWE_TYP)
+        signing = generate("ed25519")
+        with pytest.raises(MalformedJose, match="not an encryption key"):
+            decrypt(compact, [signing], JWE_TYP)
+
+
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+class TestJweCorruptionProperties:
+    """Any single change to a valid JWE is refused, and only ever as MalformedJose."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        kind=st.sampled_from(KINDS),
+        data=st.data(),
+        replacement=st.characters(codec="utf-8") | st.sampled_from(ALPHABET + "."),
+    )
+    def test_any_character_changed(self, kind: str, data: st.DataObject, replacement: str) -> None:
+        """One character of the compact form replaced by another: refused."""
+        compact = PROPERTY_JWES[kind]
+        position = data.draw(st.integers(min_value=0, max_value=len(compact) - 1))
+        assume(compact[position] != replacement)
+        corrupted = compact[:position] + replacement + compact[position + 1 :]
+        with pytest.raises(MalformedJose):
+            decrypt(corrupted, [PROPERTY_KEYS[kind]], JWE_TYP)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        kind=st.sampled_from(KINDS),
+        index=st.integers(min_value=0, max_value=4),
+        data=st.data(),
+        mask=st.integers(min_value=1, max_value=255),
+    )
+    def test_any_byte_changed(self, kind: str, index: int, data: st.DataObject, mask: int) -> None:
+        """One byte of any segment's decoded value XORed with a non-zero mask: refused."""
+        compact = PROPERTY_JWES[kind]
+        raw = bytearray(b64url_decode(compact.split(".")[index]))
+        position = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+        raw[position] ^= mask
+        with pytest.raises(MalformedJose):
+            decrypt(with_segment_bytes(compact, index, bytes(raw)), [PROPERTY_KEYS[kind]], JWE_TYP)
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        kind=st.sampled_from(KINDS),
+        index=st.integers(min_value=1, max_value=4),
+        raw=st.binary(max_size=64),
+    )
+    def test_any_segment_replaced(self, kind: str, index: int, raw: bytes) -> None:
+        """Arbitrary bytes in place of a binary segment: refused, never another exception."""
+        compact = PROPERTY_JWES[kind]
+        assume(b64url(raw) != compact.split(".")[index])
+        with pytest.raises(MalformedJose):
+            decrypt(with_segment_bytes(compact, index, raw), [PROPERTY_KEYS[kind]], JWE_TYP)
+
+    @settings(max_examples=200, deadline=None)
+    @given(text=st.text(max_size=300))
+    def test_arbitrary_text(self, text: str) -> None:
+        """Any text at all: MalformedJose, never another exception."""
+        with pytest.raises(MalformedJose):
+            decrypt(text, list(PROPERTY_KEYS.values()), JWE_TYP)
+
+
+class TestSignatureCrossLibrary:
+    """ES256 (raw r||s) and EdDSA against pyjwt in both directions."""
+
+    @pytest.mark.parametrize(("kind", "alg"), [("p256", "ES256"), ("ed25519", "EdDSA")])
+    def test_pyjwt_signature_verifies_here(self, kind: KeyAlgorithm, alg: str) -> None:
+        """A JWS signed by pyjwt verifies with this layer."""
+        import jwt
+
+        signer = generate(kind)
+        compact = jwt.encode(
+            {"iss": "a", "n": 1}, signer.key, algorithm=alg, headers={"typ": TYP, "kid": signer.kid}
+        )
+        jws = parse_jws(compact, TYP)
+        assert len(jws.signature) == 64
+        jws.verify(signer.public)
+        assert jws.claims() == {"iss": "a", "n": 1}
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_our_signature_verifies_in_pyjwt(self, kind: KeyAlgorithm) -> None:
+        """A JWS signed here verifies in pyjwt, with the alg pyjwt expects."""
+        import jwt
+
+        signer = generate(kind)
+        compact = sign_jwt({"iss": "a", "n": 1}, signer, TYP)
+        decoded = jwt.api_jws.decode_complete(compact, signer.public.key, algorithms=[signer.alg])
+        assert decoded["header"] == {"typ": TYP, "alg": signer.alg, "kid": signer.kid}
+        assert json.loads(decoded["payload"]) == {"iss": "a", "n": 1}
+
+    def test_es256_signature_is_raw_r_s(self) -> None:
+        """Our ES256 signature is r || s, each 32 bytes big-endian, verifying as DER."""
+        from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+        signer = generate("p256")
+        jws = parse_jws(sign_jws(b"{}", signer, TYP), TYP)
+        assert len(jws.signature) == 64
+        r = int.from_bytes(jws.signature[:32], "big")
+        s = int.from_bytes(jws.signature[32:], "big")
+        public = signer.public.key
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        public.verify(encode_dss_signature(r, s), jws.signing_input, ec.ECDSA(hashes.SHA256()))
+
+    def test_der_signature_refused(self) -> None:
+        """The DER form of a valid ES256 signature is not a JWS signature."""
+        signer = generate("p256")
+        compact = sign_jws(b"{}", signer, TYP)
+        native = signer.key
+        assert isinstance(native, ec.EllipticCurvePrivateKey)
+        der = native.sign(compact.rsplit(".", 1)[0].encode(), ec.ECDSA(hashes.SHA256()))
+        with pytest.raises(BadSignature, match="does not verify"):
+            parse_jws(replace_segment(compact, 2, b64url(der)), TYP).verify(signer.public)
+
+    @pytest.mark.parametrize("which", ["r", "s"])
+    @pytest.mark.parametrize("value", ["zero", "n", "max"])
+    def test_es256_out_of_range(self, which: str, value: str) -> None:
+        """r or s equal to 0, to the group order n, or 2^256 - 1: refused."""
+        order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+        number = {"zero": 0, "n": order, "max": 2**256 - 1}[value]
+        signer = generate("p256")
+        compact = sign_jws(b"{}", signer, TYP)
+        signature = bytearray(b64url_decode(compact.split(".")[2]))
+        start = 0 if which == "r" else 32
+        signature[start : start + 32] = number.to_bytes(32, "big")
+        with pytest.raises(BadSignature, match="does not verify"):
+            parse_jws(replace_segment(compact, 2, b64url(bytes(signature))), TYP).verify(
+                signer.public
+            )
+
+    def test_signer_refuses_a_key_of_another_type(self) -> None:
+        """The EdDSA signer never signs with a P-256 key, nor ES256 with an Ed25519 key."""
+        from gateway import jose
+
+        with pytest.raises(TypeError):
+            jose._SIGNERS["EdDSA"].sign(b"x", generate("p256").key)
+        with pytest.raises(TypeError):
+            jose._SIGNERS["ES256"].sign(b"x", generate("ed25519").key)
+
+
+class TestStrictJsonUnchanged:
+    """strict_json_object: json.loads' results, on strict UTF-8 only (RFC 8259 8.1)."""
+
+    @pytest.mark.parametrize(
+        ("data", "expected"),
+        [
+            (b'{"a":"\\u00e9"}', {"a": "é"}),  # a valid escape
+            (b'{"a":"\\ud83d\\ude00"}', {"a": "\U0001f600"}),  # a surrogate pair
+            ('{"a":"é"}'.encode(), {"a": "é"}),  # UTF-8 itself
+        ],
+    )
+    def test_accepted(self, data: bytes, expected: dict[str, Any]) -> None:
+        assert strict_json_object(data) == expected
+
+    @pytest.mark.parametrize(
+        ("data", "reason"),
+        [
+            ('\ufeff{"a":1}', "byte order mark"),
+            (b'\xef\xbb\xbf{"a":1}', "byte order mark"),
+            ('{"a":1}'.encode("utf-16-le"), "not strict JSON"),  # not UTF-8
+            (b'{"a":"\xed\xa0\x80"}', "not strict JSON"),  # a lone surrogate, encoded
+            (b'{"a":"\xe9"}', "not strict JSON"),  # Latin-1
+            ('{"a":"\ud800"}', "not strict JSON"),  # a lone surrogate in text
+            ('{"a":"\\ud800"}', "lone surrogate"),
+            (b'{"a":["\\udfff"]}', "lone surrogate"),
+            (b'{"a":{"b":1,"c":2,"b":3}}', "duplicate member 'b'"),
+            (b'{"a":-0.0}', "integers"),
+            (b'{"a":"\x01"}', "not strict JSON"),
+        ],
+    )
+    def test_refused(self, data: bytes | str, reason: str) -> None:
+        with pytest.raises(MalformedJose, match=reason):
+            strict_json_object(data)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        value=st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(),
+            lambda children: (
+                st.lists(children, max_size=4)
+                | st.dictionaries(st.text(max_size=5), children, max_size=4)
+            ),
+            max_leaves=20,
+        )
+    )
+    def test_same_as_json_loads_on_strict_input(self, value: Any) -> None:
+        """On JSON without floats or duplicates, the result is json.loads' result."""
+        text = json.dumps({"v": value})
+        if "\\ud" in text.lower():
+            return  # lone surrogates are refused on purpose (tested above)
+        assert strict_json_object(text) == json.loads(text)
+        assert strict_json_object(text.encode()) == json.loads(text)
+
+
+def b64url_error(segment: str) -> str:
+    """The message of the ``ValueError`` that ``b64url_decode`` raises for ``segment``."""
+    with pytest.raises(ValueError, match="base64url") as info:
+        b64url_decode(segment)
+    return str(info.value)
+
+
+class TestLargeValues:
+    """Values past one slice of the base64url work are coded exactly as small ones are.
+
+    Large segments are encoded and decoded a slice at a time (so that no
+    whole copy of them is made), small ones in one go: the bytes on the
+    wire, the values read back and every refusal are the same either way.
+    """
+
+    from gateway.jose import _DECODE_SLICE_CHARS as DECODE_SLICE
+    from gateway.jose import _ENCODE_SLICE_BYTES as ENCODE_SLICE
+
+    # Around one slice (bytes encoded, their text decoded), two, and well past.
+    SIZES: ClassVar[list[int]] = [
+        ENCODE_SLICE - 1,
+        ENCODE_SLICE,
+        ENCODE_SLICE + 1,
+        DECODE_SLICE * 3 // 4 + 2,
+        2 * ENCODE_SLICE + 2,
+        700_001,
+    ]
+
+    @pytest.mark.parametrize("size", SIZES)
+    def test_jws_bytes_and_round_trip(self, size: int) -> None:
+        """An Ed25519 JWS is the plain construction's, byte for byte, and parses back."""
+        key = generate("ed25519")
+        payload = bytes(range(256)) * (size // 256) + b"\xff" * (size % 256)
+        compact = sign_jws(payload, key, TYP)
+        header = canonical_json({"typ": TYP, "alg": key.alg, "kid": key.kid})
+        assert compact == make_jws(header, key, payload)
+        jws = parse_jws(compact, TYP)
+        assert jws.payload == payload
+        jws.verify(key.public)
+
+    @pytest.mark.parametrize("size", SIZES)
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_jwe_round_trip(self, size: int, kind: KeyAlgorithm) -> None:
+        """A large JWE decrypts, its segments canonical base64url, and jwcrypto opens it."""
+        from jwcrypto import jwe as jwcrypto_jwe
+        from jwcrypto.jwk import JWK
+
+        recipient = generate(kind, 1)
+        plaintext = bytes(range(256)) * (size // 256) + b"\x00" * (size % 256)
+        compact = encrypt(plaintext, recipient.public, JWE_TYP)
+        assert decrypt(compact, [recipient], JWE_TYP) == plaintext
+        segments = compact.split(".")
+        assert [b64url(b64url_decode(segment)) for segment in segments] == segments
+        assert len(b64url_decode(segments[3])) == size
+        token = jwcrypto_jwe.JWE()
+        token.deserialize(compact, JWK.from_pyca(recipient.key))
+        assert token.payload == plaintext
+
+    def corruptions(self, segment: str) -> list[str]:
+        """``segment`` with a bad character at slice edges, or an impossible length."""
+        edges = [0, self.DECODE_SLICE - 1, self.DECODE_SLICE, len(segment) // 2, len(segment) - 1]
+        corrupted = [
+            segment[:at] + bad + segment[at + 1 :]
+            for at in edges
+            for bad in ("*", "+", "/", "=", "é", " ")
+        ]
+        corrupted.append(segment + "A" * (5 - len(segment) % 4))  # length 1 mod 4
+        corrupted.append(segment[:-1] + ("B" if segment[-1] != "B" else "C"))  # spare bits
+        return [candidate for candidate in corrupted if candidate != segment]
+
+    def test_jws_payload_refusals(self) -> None:
+        """A corrupted large payload is refused with the error its whole segment gives."""
+        key = generate("ed25519")
+        compact = sign_jws(b"x" * 500_000, key, TYP)
+        header, payload, signature = compact.split(".")
+        for corrupted in self.corruptions(payload):
+            expected = f"payload or signature: {b64url_error(corrupted)}"
+            with pytest.raises(MalformedJose) as info:
+                parse_jws(f"{header}.{corrupted}.{signature}", TYP)
+            assert str(info.value) == expected
+
+    def test_jwe_ciphertext_refusals(self) -> None:
+        """A corrupted large ciphertext segment is refused as not base64url."""
+        recipient = generate("ed25519", 1)
+        compact = encrypt(b"x" * 500_000, recipient.public, JWE_TYP)
+        segments = compact.split(".")
+        for corrupted in self.corruptions(segments[3]):
+            b64url_error(corrupted)  # the plain decoder refuses it too
+            with pytest.raises(MalformedJose) as info:
+                decrypt(replace_segment(compact, 3, corrupted), [recipient], JWE_TYP)
+            assert str(info.value) == "does not decrypt: ciphertext is not base64url"
+
+    def test_ciphertext_of_the_wrong_length(self) -> None:
+        """A large ciphertext one quantum short or long decodes, and fails the tag."""
+        recipient = generate("ed25519", 1)
+        compact = encrypt(b"x" * 500_000, recipient.public, JWE_TYP)
+        ciphertext = compact.split(".")[3]
+        for changed in (ciphertext[4:], ciphertext[:4] + ciphertext):
+            with pytest.raises(MalformedJose, match="InvalidTag"):
+                decrypt(replace_segment(compact, 3, changed), [recipient], JWE_TYP)

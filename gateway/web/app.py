@@ -157,6 +157,7 @@ async def service_endpoint(request: web.Request) -> web.Response:
                 jwe = raw.decode("ascii").strip()
             except UnicodeDecodeError:
                 jwe = ""
+            del raw  # only its text is needed: not held through the exchange (memory)
             sealed, index = await provider.exchange(
                 service,
                 request.headers.get("Authorization"),
