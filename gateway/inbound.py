@@ -49,7 +49,6 @@ from gateway.tokens import (
     issue_access_token,
     parse_authorization_details,
     token_hash,
-    verify_access_token,
     verify_client_assertion,
 )
 
@@ -360,7 +359,10 @@ class Provider:
             raise TokenInvalid("an Authorization: Bearer access token is required")
         own_keys = (runtime.keys.signing.public,)
         with context.phases.timed("crypto"):
-            token = verify_access_token(compact.strip(), runtime.agency, own_keys, now)
+            token, cached = runtime.verified_tokens.verify(
+                compact.strip(), runtime.agency, own_keys, now
+            )
+        runtime.metrics.verified_token_lookup(hit=cached)
         context.token = token
         # 2. envelope-invalid, 3. signature-invalid
         if (content_type or "").split(";")[0].strip().lower() != "application/jose":
@@ -459,8 +461,11 @@ class Provider:
             raise
         finally:
             runtime.metrics.backend_call(service, outcome, context.phases.add("backend", called))
-        context.status = answer.status
+        status = context.status = answer.status
         released = contract.field_filter.apply(answer.body)
+        # The filter made new containers: the backend's own are freed before
+        # the response is sealed (memory).
+        del answer
         fields = contract.field_filter.released_paths(released)
         recipient = runtime.trusted().encryption_key(token.consumer)
         if recipient is None:
@@ -472,7 +477,7 @@ class Provider:
                 kind="exchange",
                 direction="inbound",
                 outcome="ok",
-                status=answer.status,
+                status=status,
                 **context.audit_fields(runtime),
             )
         with context.phases.timed("crypto"):
@@ -480,7 +485,7 @@ class Provider:
                 provider=runtime.agency,
                 consumer=token.consumer,
                 request=request,
-                status=answer.status,
+                status=status,
                 fields=fields,
                 body=released,
                 audit={"index": index, "origin": runtime.origin},

@@ -223,6 +223,12 @@ class GatewayMetrics:
             ["result"],
             registry=registry,
         )
+        self.verified_token_cache = Counter(
+            "gateway_verified_token_cache_total",
+            "Provider-side lookups of presented access tokens among those already verified.",
+            ["result"],
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "gateway_rate_limited_total",
             "Inbound exchanges refused by the contract's rate limit.",
@@ -255,6 +261,7 @@ class GatewayMetrics:
         # Series that alerts compute rates of exist from the start, at 0.
         for result in ("hit", "miss"):
             self.token_cache.labels(result=result)
+            self.verified_token_cache.labels(result=result)
         for source in ("registry", "contracts"):
             self.reload_failures.labels(source=source)
 
@@ -352,6 +359,10 @@ class GatewayMetrics:
     def token_cache_lookup(self, *, hit: bool) -> None:
         """Count one consumer-side token cache lookup."""
         self.token_cache.labels(result="hit" if hit else "miss").inc()
+
+    def verified_token_lookup(self, *, hit: bool) -> None:
+        """Count one provider-side lookup in the cache of verified access tokens."""
+        self.verified_token_cache.labels(result="hit" if hit else "miss").inc()
 
     def rate_limit(self, contract: str) -> None:
         """Count one exchange refused by ``contract``'s rate limit."""

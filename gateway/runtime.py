@@ -26,6 +26,7 @@ from gateway.ratelimit import RateLimiter, RateLimits
 from gateway.registry import Registry, RegistryHolder
 from gateway.replay import MemoryReplayCache, ReplayCache
 from gateway.state import SharedState, open_shared_state
+from gateway.tokens import VerifiedTokenCache
 
 Clock = Callable[[], float]
 
@@ -58,6 +59,8 @@ class Runtime:
     in_flight: int = 0
     # Replay ids and buckets shared with other processes (it is then replay and rate_limiter).
     state: SharedState | None = None
+    # Access tokens of ours already verified (protocol 3.2 allows caching them until exp).
+    verified_tokens: VerifiedTokenCache = field(default_factory=VerifiedTokenCache)
 
     def __post_init__(self) -> None:
         # Label checks and the scrape-time gauges read this runtime; the audit log reports to it.

@@ -257,6 +257,17 @@ class AccessToken:
     exp: int
     jkt: str
     grant: Grant
+    # What a cached token is checked against again when it is reused.
+    iat: int = 0
+    nbf: int | None = None
+    kid: str = ""
+
+    def freshness_problem(self, now: int) -> str | None:
+        """Why this token is no longer fresh at ``now`` (3.0, L = 300 s), or None."""
+        times: dict[str, int] = {"iat": self.iat, "exp": self.exp}
+        if self.nbf is not None:
+            times["nbf"] = self.nbf
+        return freshness_problem(times, now, ACCESS_TOKEN_LIFETIME)
 
 
 def verify_access_token(
@@ -307,4 +318,57 @@ def verify_access_token(
         exp=claims["exp"],
         jkt=jkt,
         grant=grant,
+        iat=claims["iat"],
+        nbf=claims.get("nbf"),
+        kid=jws.kid,
     )
+
+
+# Tokens live 300 s; at thousands of exchanges a second a few thousand distinct
+# tokens are live at once. Beyond this many the oldest entries make room.
+VERIFIED_TOKEN_CACHE_SIZE: Final = 10_000
+
+
+class VerifiedTokenCache:
+    """Access tokens already verified, by SHA-256 of the compact form, until they expire.
+
+    Protocol 3.2 lets a provider skip the signature check of a token it has
+    verified before. A hit is checked again for freshness and for its
+    signing key still being one of ours; a refused token is never cached, so
+    garbage costs a full check every time. The token binds nothing by itself:
+    every request still needs an envelope signed by the ``cnf.jkt`` key.
+    """
+
+    def __init__(self, capacity: int = VERIFIED_TOKEN_CACHE_SIZE) -> None:
+        self._capacity = capacity
+        self._tokens: dict[bytes, AccessToken] = {}
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def verify(
+        self, compact: str, provider: str, own_keys: Sequence[PublicKey], now: int
+    ) -> tuple[AccessToken, bool]:
+        """:func:`verify_access_token`, from the cache where it can; also whether it was a hit."""
+        digest = hashlib.sha256(compact.encode("utf-8", "surrogatepass")).digest()
+        cached = self._tokens.get(digest)
+        if cached is not None:
+            if cached.freshness_problem(now) is None and any(
+                key.kid == cached.kid for key in own_keys
+            ):
+                return cached, True
+            del self._tokens[digest]
+        token = verify_access_token(compact, provider, own_keys, now)
+        if len(self._tokens) >= self._capacity:
+            self._make_room(now)
+        self._tokens[digest] = token
+        return token, False
+
+    def _make_room(self, now: int) -> None:
+        expired = [digest for digest, token in self._tokens.items() if token.freshness_problem(now)]
+        for digest in expired:
+            del self._tokens[digest]
+        # Still full: drop the oldest half (dicts keep insertion order).
+        if len(self._tokens) >= self._capacity:
+            for digest in list(self._tokens)[: max(1, len(self._tokens) // 2)]:
+                del self._tokens[digest]

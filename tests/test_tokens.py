@@ -16,9 +16,11 @@ from gateway.tokens import (
     ACCESS_TOKEN_TYP,
     CLIENT_ASSERTION_TYP,
     MAX_AUTHORIZATION_DETAILS_BYTES,
+    AccessToken,
     Grant,
     RequestedGrant,
     SigningKeyLookup,
+    VerifiedTokenCache,
     issue_access_token,
     make_client_assertion,
     new_jti,
@@ -547,3 +549,100 @@ class TestAccessToken:
         token = sign_jwt(token_claims(now, "jkt", client_id=OTHER), provider_key, ACCESS_TOKEN_TYP)
         error = refused_token(token, [provider_key.public], now)
         assert "client_id" not in str(error.to_problem())
+
+
+class CountingCache(VerifiedTokenCache):
+    """A real cache that also counts how many lookups were hits."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        super().__init__(capacity)
+        self.hits = 0
+
+    def verify(
+        self, compact: str, provider: str, own_keys: Iterable[PublicKey], now: int
+    ) -> tuple[AccessToken, bool]:
+        token, hit = super().verify(compact, provider, list(own_keys), now)
+        self.hits += hit
+        return token, hit
+
+
+class TestVerifiedTokenCache:
+    """VerifiedTokenCache: protocol 3.2's cache of verified tokens, by hash, until exp."""
+
+    def test_second_use_is_a_hit_with_the_same_token(
+        self, now: int, provider_key: PrivateKey
+    ) -> None:
+        """The same compact token is verified once; the hit returns an equal result."""
+        cache = VerifiedTokenCache()
+        token = sign_jwt(token_claims(now, "jkt"), provider_key, ACCESS_TOKEN_TYP)
+        first, hit = cache.verify(token, PROVIDER, [provider_key.public], now)
+        assert not hit
+        second, hit = cache.verify(token, PROVIDER, [provider_key.public], now + 10)
+        assert hit
+        assert second == first == verify_access_token(token, PROVIDER, [provider_key.public], now)
+
+    def test_expiry_applies_to_a_cached_token(self, now: int, provider_key: PrivateKey) -> None:
+        """A cached token is refused, as a fresh one would be, from exp + 30 s."""
+        cache = VerifiedTokenCache()
+        token = sign_jwt(token_claims(now, "jkt"), provider_key, ACCESS_TOKEN_TYP)
+        cache.verify(token, PROVIDER, [provider_key.public], now)
+        assert cache.verify(token, PROVIDER, [provider_key.public], now + 329)[1]
+        with pytest.raises(TokenInvalid) as info:
+            cache.verify(token, PROVIDER, [provider_key.public], now + 330)
+        assert info.value.audit_detail == "token expired"
+        assert len(cache) == 0
+
+    def test_key_no_longer_ours_is_checked_again(self, now: int, provider_key: PrivateKey) -> None:
+        """A hit needs the signing key to still be one of ours; otherwise the full check refuses."""
+        cache = VerifiedTokenCache()
+        token = sign_jwt(token_claims(now, "jkt"), provider_key, ACCESS_TOKEN_TYP)
+        cache.verify(token, PROVIDER, [provider_key.public], now)
+        newer = generate_private_keys()[0]
+        with pytest.raises(TokenInvalid) as info:
+            cache.verify(token, PROVIDER, [newer.public], now)
+        assert info.value.audit_detail == "kid is not one of our signing keys"
+
+    def test_refused_tokens_are_not_cached(self, now: int, provider_key: PrivateKey) -> None:
+        """A bad token is checked in full every time it is presented."""
+        cache = VerifiedTokenCache()
+        bad = sign_jwt(token_claims(now, "jkt", aud=OTHER), provider_key, ACCESS_TOKEN_TYP)
+        for _ in range(2):
+            with pytest.raises(TokenInvalid):
+                cache.verify(bad, PROVIDER, [provider_key.public], now)
+        assert len(cache) == 0
+
+    def test_a_changed_byte_is_another_token(self, now: int, provider_key: PrivateKey) -> None:
+        """A token differing from a cached one in its signature is not served from the cache."""
+        cache = VerifiedTokenCache()
+        token = sign_jwt(token_claims(now, "jkt"), provider_key, ACCESS_TOKEN_TYP)
+        cache.verify(token, PROVIDER, [provider_key.public], now)
+        head, _, signature = token.rpartition(".")
+        flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+        refused_token(f"{head}.{flipped}", [provider_key.public], now)
+        with pytest.raises(TokenInvalid):
+            cache.verify(f"{head}.{flipped}", PROVIDER, [provider_key.public], now)
+
+    def test_bounded(self, now: int, provider_key: PrivateKey) -> None:
+        """A full cache drops expired tokens first, then the oldest half; it never grows past."""
+        cache = CountingCache(capacity=4)
+        old = [
+            sign_jwt(token_claims(now - 200, "jkt", jti=f"old-{i}"), provider_key, ACCESS_TOKEN_TYP)
+            for i in range(2)
+        ]
+        for token in old:
+            cache.verify(token, PROVIDER, [provider_key.public], now - 200)
+        fresh = [
+            sign_jwt(token_claims(now, "jkt", jti=f"new-{i}"), provider_key, ACCESS_TOKEN_TYP)
+            for i in range(6)
+        ]
+        for token in fresh[:2]:
+            cache.verify(token, PROVIDER, [provider_key.public], now)
+        # Full at 4; at now + 150 the two old tokens are expired and make room.
+        cache.verify(fresh[2], PROVIDER, [provider_key.public], now + 150)
+        assert len(cache) == 3
+        for token in fresh[:3]:
+            cache.verify(token, PROVIDER, [provider_key.public], now + 150)
+        assert cache.hits == 3
+        for token in fresh[3:]:
+            cache.verify(token, PROVIDER, [provider_key.public], now + 150)
+            assert len(cache) <= 4
