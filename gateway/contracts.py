@@ -4,7 +4,9 @@ A contract is a YAML file signed by both parties with detached JWS over the
 RFC 8785 canonical JSON of the validated model (``signatures`` excluded).
 The model and every decision are pure and take ``now`` as unix seconds; the
 only I/O is reading contract files (:func:`check_contract_file`,
-:func:`load_contract_file`, :func:`load_contract_dir`).
+:func:`load_contract_file`, :func:`load_contract_dir`, and
+:class:`ContractDirLoader`, which a running gateway keeps so that a reload
+parses and verifies only the files that changed).
 
 A :class:`ContractSet` from :func:`load_contract_dir` holds only contracts
 whose signatures verified; a :class:`Contract` obtained any other way is
@@ -13,10 +15,12 @@ unverified until :func:`verify_signatures` says otherwise.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -60,6 +64,9 @@ MAX_FIELDS: Final = 256
 MAX_JWS_LENGTH: Final = 2048
 # RFC 8785 numbers are IEEE doubles: larger integers would not survive canonicalisation.
 MAX_SAFE_INTEGER: Final = 2**53 - 1
+
+# The trust registry's view of signing keys: an agency's, or none for an agency it does not trust.
+SigningKeysOf = Callable[[str], Sequence[PublicKey]]
 
 _UTC_PATTERN: Final = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
 
@@ -271,9 +278,7 @@ def sign_contract(contract: Contract, agency_id: str, key: PrivateKey) -> Contra
     return Contract.model_validate({**contract.model_dump(), "signatures": ordered})
 
 
-def verify_signatures(
-    contract: Contract, signing_keys_of: Callable[[str], Sequence[PublicKey]]
-) -> list[str]:
+def verify_signatures(contract: Contract, signing_keys_of: SigningKeysOf) -> list[str]:
     """Every reason the contract's signatures are not acceptable; empty when they are.
 
     Each party must have exactly one signature, by one of the signing keys
@@ -363,15 +368,34 @@ def check_contract_file(path: Path) -> tuple[Contract | None, tuple[ContractProb
 
     Signatures are not verified here (that needs the trust registry).
     """
+    data = _read_contract_file(path)
+    if isinstance(data, ContractProblem):
+        return None, (data,)
+    return check_contract_bytes(str(path), data)
+
+
+def _read_contract_file(path: Path) -> bytes | ContractProblem:
+    # The bytes of the file, or why there are none (unreadable, or over the size bound).
     source = str(path)
     try:
         with path.open("rb") as handle:
             data = handle.read(MAX_CONTRACT_FILE_BYTES + 1)
     except OSError as exc:
-        return None, (ContractProblem(source, None, f"cannot read the file ({exc.strerror})"),)
+        return ContractProblem(source, None, f"cannot read the file ({exc.strerror})")
     if len(data) > MAX_CONTRACT_FILE_BYTES:
-        reason = f"larger than {MAX_CONTRACT_FILE_BYTES} bytes"
-        return None, (ContractProblem(source, None, reason),)
+        return ContractProblem(source, None, f"larger than {MAX_CONTRACT_FILE_BYTES} bytes")
+    return data
+
+
+def check_contract_bytes(
+    source: str, data: bytes
+) -> tuple[Contract | None, tuple[ContractProblem, ...]]:
+    """Parse and validate the bytes of a contract file named ``source`` (used in problems).
+
+    The part of :func:`check_contract_file` after reading: a pure function of
+    ``source`` and ``data``, which is what lets :class:`ContractDirLoader`
+    reuse its result while a file's bytes stay the same.
+    """
     try:
         document = load_strict_yaml(data)
     except yaml.YAMLError as exc:
@@ -467,52 +491,178 @@ class ContractLoad:
     not_in_force: Mapping[str, str]  # contract id -> reason; loaded but not usable now
 
 
-def load_contract_dir(
-    directory: Path, signing_keys_of: Callable[[str], Sequence[PublicKey]], now: int
-) -> ContractLoad:
+def load_contract_dir(directory: Path, signing_keys_of: SigningKeysOf, now: int) -> ContractLoad:
     """Load every ``*.yaml``/``*.yml`` file (not dotfiles) of ``directory``.
 
     A file that is unreadable, invalid or badly signed is left out and
     reported; so are both files when two declare the same contract id (which
     one was meant is unknown: deny by default). Suspended, revoked or expired
     contracts are loaded and listed in ``not_in_force``. Only an unreadable
-    directory raises ``SetupError``.
+    directory raises ``SetupError``. To load the same directory again and
+    again, keep a :class:`ContractDirLoader`: it re-parses only what changed.
     """
-    try:
-        paths = sorted(
-            path
-            for path in directory.iterdir()
-            if path.suffix in (".yaml", ".yml") and not path.name.startswith(".") and path.is_file()
+    return ContractDirLoader(directory).load(signing_keys_of, now)
+
+
+_NOT_VERIFIED: Final = object()
+
+
+class _ParsedFile:
+    """One version of one file: its digest, what it parsed to, and its last signature check."""
+
+    __slots__ = ("contract", "digest", "keys_version", "problems", "refusals")
+
+    def __init__(
+        self, digest: bytes, contract: Contract | None, problems: tuple[ContractProblem, ...]
+    ) -> None:
+        self.digest = digest
+        self.contract = contract
+        self.problems = problems
+        # The signature check of ``contract`` under the signing keys called ``keys_version``.
+        self.keys_version: object = _NOT_VERIFIED
+        self.refusals: tuple[str, ...] = ()
+
+
+class ContractDirLoader:
+    """Loads one contract directory again and again, doing only the work that changed.
+
+    Every :meth:`load` gives exactly what :func:`load_contract_dir` gives for
+    the directory as it is at that moment. Each file is still listed and read
+    every time, but it is parsed and validated only when its bytes differ
+    from the last load (compared by SHA-256, so a rewrite that keeps the
+    size and modification time is still seen), and its signatures are
+    checked again only when its bytes or the signing keys changed. The keys
+    are known by ``keys_version`` (the trust registry's serial: a registry of
+    the same serial has the same content); with none, nothing is reused
+    between loads.
+
+    One load runs at a time (a lock), so a loader may be used from a worker
+    thread. Its cache holds one entry per file of the last load; what it
+    returns is immutable.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._files: dict[str, _ParsedFile] = {}
+        self._lock = threading.Lock()
+
+    def parse(
+        self, source: str, data: bytes
+    ) -> tuple[Contract | None, tuple[ContractProblem, ...]]:
+        """Parse and validate one file's bytes (:func:`check_contract_bytes`).
+
+        The only place a loader parses; a subclass may wrap it (to count or time it).
+        """
+        return check_contract_bytes(source, data)
+
+    def verify(self, contract: Contract, signing_keys_of: SigningKeysOf) -> list[str]:
+        """Check one contract's signatures (:func:`verify_signatures`); the only place it does."""
+        return verify_signatures(contract, signing_keys_of)
+
+    def load(
+        self, signing_keys_of: SigningKeysOf, now: int, *, keys_version: Hashable | None = None
+    ) -> ContractLoad:
+        """Load the directory as :func:`load_contract_dir` does, reusing unchanged work.
+
+        ``keys_version`` names the keys ``signing_keys_of`` returns: signature
+        checks made under the same version are reused. ``SetupError`` when
+        the directory cannot be listed.
+        """
+        with self._lock:
+            return self._load(signing_keys_of, now, keys_version)
+
+    def verified(
+        self,
+        contracts: Iterable[Contract],
+        signing_keys_of: SigningKeysOf,
+        *,
+        keys_version: Hashable | None = None,
+    ) -> ContractSet:
+        """The ``contracts`` whose signatures verify, reusing the checks of the last load.
+
+        A contract that came from this loader's last load is not checked
+        again under the same ``keys_version``; any other is checked now.
+        """
+        with self._lock:
+            by_object = {id(f.contract): f for f in self._files.values() if f.contract is not None}
+            kept = []
+            for contract in contracts:
+                parsed = by_object.get(id(contract))
+                if parsed is not None and parsed.contract is contract:
+                    refused = self._refusals(parsed, contract, signing_keys_of, keys_version)
+                else:
+                    refused = tuple(self.verify(contract, signing_keys_of))
+                if not refused:
+                    kept.append(contract)
+            return ContractSet.of(kept)
+
+    def _load(
+        self, signing_keys_of: SigningKeysOf, now: int, keys_version: Hashable | None
+    ) -> ContractLoad:
+        directory = self.directory
+        try:
+            paths = sorted(
+                path
+                for path in directory.iterdir()
+                if path.suffix in (".yaml", ".yml")
+                and not path.name.startswith(".")
+                and path.is_file()
+            )
+        except OSError as exc:
+            raise SetupError(str(directory), f"cannot list contracts ({exc.strerror})") from exc
+        problems: list[ContractProblem] = []
+        parsed: list[tuple[str, _ParsedFile, Contract]] = []
+        files: dict[str, _ParsedFile] = {}
+        for path in paths:
+            data = _read_contract_file(path)
+            if isinstance(data, ContractProblem):
+                problems.append(data)
+                continue
+            source = str(path)
+            digest = hashlib.sha256(data).digest()
+            entry = self._files.get(source)
+            if entry is None or entry.digest != digest:
+                entry = _ParsedFile(digest, *self.parse(source, data))
+            files[source] = entry
+            problems.extend(entry.problems)
+            if entry.contract is not None:
+                parsed.append((source, entry, entry.contract))
+        # Files gone or unreadable leave the cache, so it never outgrows the directory.
+        self._files = files
+        sources: dict[str, list[str]] = {}
+        for source, _, contract in parsed:
+            sources.setdefault(contract.id, []).append(source)
+        kept = []
+        for source, entry, contract in parsed:
+            others = [other for other in sources[contract.id] if other != source]
+            if others:
+                reason = f"contract id {contract.id!r} is also declared in {', '.join(others)}"
+                problems.append(ContractProblem(source, "id", reason + "; neither file is loaded"))
+                continue
+            refused = self._refusals(entry, contract, signing_keys_of, keys_version)
+            problems.extend(ContractProblem(source, "signatures", reason) for reason in refused)
+            if not refused:
+                kept.append(contract)
+        idle = {c.id: why for c in kept if (why := c.inactive_reason(now)) is not None}
+        return ContractLoad(
+            contracts=ContractSet.of(kept),
+            problems=tuple(sorted(problems, key=lambda p: p.source)),
+            not_in_force=MappingProxyType(idle),
         )
-    except OSError as exc:
-        raise SetupError(str(directory), f"cannot list contracts ({exc.strerror})") from exc
-    problems: list[ContractProblem] = []
-    parsed: list[tuple[str, Contract]] = []
-    for path in paths:
-        contract, found = check_contract_file(path)
-        problems.extend(found)
-        if contract is not None:
-            parsed.append((str(path), contract))
-    sources: dict[str, list[str]] = {}
-    for source, contract in parsed:
-        sources.setdefault(contract.id, []).append(source)
-    kept = []
-    for source, contract in parsed:
-        others = [other for other in sources[contract.id] if other != source]
-        if others:
-            reason = f"contract id {contract.id!r} is also declared in {', '.join(others)}"
-            problems.append(ContractProblem(source, "id", reason + "; neither file is loaded"))
-            continue
-        refused = verify_signatures(contract, signing_keys_of)
-        problems.extend(ContractProblem(source, "signatures", reason) for reason in refused)
-        if not refused:
-            kept.append(contract)
-    idle = {c.id: why for c in kept if (why := c.inactive_reason(now)) is not None}
-    return ContractLoad(
-        contracts=ContractSet.of(kept),
-        problems=tuple(sorted(problems, key=lambda p: p.source)),
-        not_in_force=MappingProxyType(idle),
-    )
+
+    def _refusals(
+        self,
+        entry: _ParsedFile,
+        contract: Contract,
+        signing_keys_of: SigningKeysOf,
+        keys_version: Hashable | None,
+    ) -> tuple[str, ...]:
+        if keys_version is not None and entry.keys_version == keys_version:
+            return entry.refusals
+        refusals = tuple(self.verify(contract, signing_keys_of))
+        if keys_version is not None:
+            entry.keys_version, entry.refusals = keys_version, refusals
+        return refusals
 
 
 def contract_json_schema() -> dict[str, Any]:

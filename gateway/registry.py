@@ -383,15 +383,33 @@ class ReloadResult:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class RegistryCheck:
+    """What :meth:`RegistryHolder.check` found, to be put in force by its ``apply``.
+
+    ``based_on`` is the registry held when the file was checked; ``stamp``
+    the file's (mtime, size), taken before reading it; ``found`` the
+    verified new registry, the error that refused the file, or None when
+    the file had not changed (and was not read).
+    """
+
+    based_on: Registry
+    stamp: tuple[int, int] | None
+    found: Registry | RegistryError | None
+
+
 class RegistryHolder:
     """The registry in force, re-read from ``path`` when the file changes.
 
-    No threads or timers: the server calls :meth:`maybe_reload` from its own
-    task. A refused file never replaces the registry in force; ``last_error``
-    says why (cleared by the next success) and ``reload_failures`` counts
-    refusals. A refused file is not re-read until it changes (or ``force``).
-    An expired registry stays in force until replaced: callers watch
-    :meth:`expires_in`.
+    No threads or timers of its own: the server polls. A poll is two steps
+    so that the file work can leave the event loop: :meth:`check` reads,
+    parses and verifies and changes nothing (it may run in a worker thread),
+    :meth:`apply` is the one place the holder changes (run it where
+    :attr:`current` is read). :meth:`maybe_reload` does both. A refused file
+    never replaces the registry in force; ``last_error`` says why (cleared by
+    the next success) and ``reload_failures`` counts refusals. A refused file
+    is not re-read until it changes (or ``force``). An expired registry stays
+    in force until replaced: callers watch :meth:`expires_in`.
     """
 
     def __init__(
@@ -419,6 +437,8 @@ class RegistryHolder:
 
     def load(self, now: int) -> Registry:
         """Read and verify the file at start-up; :class:`RegistryError` if refused."""
+        # Taken before reading, so a write racing the read shows as a change next time.
+        self._stamp = self._file_stamp()
         try:
             registry = self._read(now)
         except RegistryError as exc:
@@ -429,18 +449,42 @@ class RegistryHolder:
 
     def maybe_reload(self, now: int, *, force: bool = False) -> ReloadResult:
         """Re-read the file if its (mtime, size) changed; keep the last good registry on failure."""
+        return self.apply(self.check(now, force=force), now)
+
+    def check(self, now: int, *, force: bool = False) -> RegistryCheck:
+        """Read and verify the file if its (mtime, size) changed, changing nothing here.
+
+        Safe in a worker thread while :attr:`current` is read elsewhere, as
+        long as no :meth:`apply` runs meanwhile (the caller runs one poll at
+        a time).
+        """
         held = self.current
+        # Taken before reading, so a write racing the read shows as a change next time.
         stamp = self._file_stamp()
         if stamp == self._stamp and not force:
-            return ReloadResult("unchanged", held.serial)
+            return RegistryCheck(held, stamp, None)
         try:
-            registry = self._read(now)
+            return RegistryCheck(held, stamp, self._read(now, held))
         except RegistryError as exc:
-            self._record_failure(exc)
-            return ReloadResult("failed", held.serial, str(exc))
-        self._install(registry, now)
-        same = registry.payload_digest == held.payload_digest
-        return ReloadResult("unchanged" if same else "reloaded", registry.serial)
+            return RegistryCheck(held, stamp, exc)
+
+    def apply(self, check: RegistryCheck, now: int) -> ReloadResult:
+        """Put what :meth:`check` found in force (or count its refusal): the one place of change.
+
+        A check made before another one was applied is stale and is dropped
+        (outcome ``unchanged``): the file is checked again at the next poll.
+        """
+        held = self.current
+        found = check.found
+        if check.based_on is not held or found is None:
+            return ReloadResult("unchanged", held.serial)
+        self._stamp = check.stamp
+        if isinstance(found, RegistryError):
+            self._record_failure(found)
+            return ReloadResult("failed", held.serial, str(found))
+        self._install(found, now)
+        same = found.payload_digest == held.payload_digest
+        return ReloadResult("unchanged" if same else "reloaded", found.serial)
 
     def _file_stamp(self) -> tuple[int, int] | None:
         try:
@@ -449,9 +493,7 @@ class RegistryHolder:
             return None
         return info.st_mtime_ns, info.st_size
 
-    def _read(self, now: int) -> Registry:
-        # Taken before reading, so a write racing the read shows as a change next time.
-        self._stamp = self._file_stamp()
+    def _read(self, now: int, held: Registry | None = None) -> Registry:
         try:
             data = _read_bounded(self._path, MAX_REGISTRY_BYTES)
             text = data.decode("ascii").strip()
@@ -461,9 +503,7 @@ class RegistryHolder:
             raise RegistryError(
                 "not a compact JWS (non-ASCII bytes)", source=str(self._path)
             ) from exc
-        return verify_registry(
-            text, self._authority_keys, now, self._min_serial, current=self._current
-        )
+        return verify_registry(text, self._authority_keys, now, self._min_serial, current=held)
 
     def _record_failure(self, exc: RegistryError) -> None:
         self.last_error = str(exc)

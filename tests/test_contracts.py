@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 from gateway.contracts import (
     MAX_CONTRACT_FILE_BYTES,
     Contract,
+    ContractDirLoader,
     ContractProblem,
     ContractSet,
     canonical_bytes,
@@ -33,6 +35,7 @@ from gateway.errors import SetupError
 from gateway.fields import FieldFilter
 from gateway.jose import detached_signature
 from gateway.keys import PrivateKey, PublicKey, generate_private_keys
+from gateway.yamlfiles import StrictYamlLoader, load_strict_yaml, yaml_problem
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "contracts" / "examples" / "benefits-income.yaml"
@@ -283,6 +286,12 @@ class TestValidation:
             ("- id: a\n", "must be a YAML mapping"),
             ("", "must be a YAML mapping"),
             ("just text", "must be a YAML mapping"),
+            # Where libyaml is more lenient than PyYAML, PyYAML's refusal stands.
+            ("version:\t3\n", "found character '\\t' that cannot start any token"),
+            ("fields: [year?]\n", "expected ',' or ']'"),
+            ("purposes: {a: 1, a: 2}\n", "duplicate key 'a'"),
+            # A timestamp naming no instant is a refusal with its place, not a crash.
+            ("valid_from: 2026-02-30T00:00:00Z\n", "day is out of range for month"),
         ],
     )
     def test_unusable_files(self, tmp_path: Path, text: str, reason: str) -> None:
@@ -295,6 +304,23 @@ class TestValidation:
         assert reason in problems[0].reason
         if "mapping" not in reason:
             assert " at line " in problems[0].reason
+
+    @pytest.mark.parametrize(
+        ("text", "reason"),
+        [
+            ("[" * 5000 + "]" * 5000, "nested too deeply"),
+            ("status: !!bool maybe\n", "a value cannot be read (KeyError('maybe'))"),
+            ("version: !!int three\n", "a value cannot be read (ValueError("),
+        ],
+    )
+    def test_parser_failures_refuse_the_file(self, tmp_path: Path, text: str, reason: str) -> None:
+        """What PyYAML raises besides YAMLError refuses the file; it never stops a load."""
+        path = tmp_path / "c.yaml"
+        path.write_text(text, encoding="utf-8")
+        loaded, problems = check_contract_file(path)
+        assert loaded is None
+        assert [(p.source, p.field) for p in problems] == [(str(path), None)]
+        assert problems[0].reason.startswith(f"not valid YAML: {reason}")
 
     def test_invalid_utf8_is_refused(self, tmp_path: Path) -> None:
         """Bytes that are not text are a YAML error, not a crash."""
@@ -316,6 +342,54 @@ class TestValidation:
         assert "cannot read the file" in problems[0].reason
         with pytest.raises(SetupError, match=r"none\.yaml: cannot read"):
             load_contract_file(tmp_path / "none.yaml")
+
+
+YAML_CORNERS = [
+    "a:\t1\n",
+    "f: [a?, b]\n",
+    "f: {a: 1?}\n",
+    "k: |#\n  x\n",
+    "a: !\n",
+    "\ufeffa: 1\n",
+    "a: 1\n\ufeff\n",
+    "%YAML 1.1\n---\na: 1\n",
+    "%FOO bar\n---\na: 1\n",
+    'a: "\\ud800"\n',
+    "f: [a:]\n",
+    "f: {a:[1]}\n",
+    "f: [a:b, 'c':d]\n",
+    "a: b\r...:\r\n",
+    "a: 1\r\nb: [x,\n  y]\n",
+    "a: 'it''s'\nb: \"\\u00e9\\n\"\n",
+    "- &a [1]\n- *a\n",
+    "a: &x 1\n",
+    "a: {b: 1, b: 2}\n",
+    "1: a\n'1': b\n",
+    "a: 2026-01-01T00:00:00Z\nb: 2026-01-01\nc: 0x1F\nd: 1_000\ne: .inf\nf: ~\ng: yes\n",
+    "a: " + "[" * 20 + "]" * 20 + "\n",
+]
+
+
+@pytest.mark.parametrize("text", YAML_CORNERS)
+def test_yaml_loading_is_the_reference_loaders(text: str) -> None:
+    """Parsed with libyaml or not, a document gives what the pure-Python strict loader gives.
+
+    These are the places where libyaml and PyYAML's own scanner are known to differ.
+    (One difference remains, on purpose: libyaml parses nesting up to 1,000 levels,
+    deeper than the reference can recurse; no such document is a valid contract.)
+    """
+
+    def outcome(load: Callable[[bytes | str], Any], data: bytes | str) -> tuple[str, str]:
+        try:
+            return ("parsed", repr(load(data)))
+        except yaml.YAMLError as exc:
+            return ("refused", yaml_problem(exc))
+
+    def reference(data: bytes | str) -> Any:
+        return yaml.load(data, Loader=StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+    for data in (text, text.encode("utf-8", "surrogatepass")):
+        assert outcome(load_strict_yaml, data) == outcome(reference, data)
 
 
 class TestCanonicalForm:
@@ -580,6 +654,181 @@ class TestLoadDirectory:
         """Only a directory that cannot be listed is a SetupError."""
         with pytest.raises(SetupError, match="cannot list contracts"):
             load_contract_dir(tmp_path / "absent", registry, IN_2026)
+
+
+def distrusting(registry: SigningKeysOf, agency: str) -> SigningKeysOf:
+    """``registry`` as a later registry that no longer lists ``agency``'s keys."""
+
+    def keys_of(name: str) -> Sequence[PublicKey]:
+        return () if name == agency else registry(name)
+
+    return keys_of
+
+
+class CountingLoader(ContractDirLoader):
+    """A loader that records, by file name or contract id, what it parses and verifies."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.parses: list[str] = []
+        self.checks: list[str] = []
+
+    def parse(
+        self, source: str, data: bytes
+    ) -> tuple[Contract | None, tuple[ContractProblem, ...]]:
+        self.parses.append(Path(source).name)
+        return super().parse(source, data)
+
+    def verify(self, contract: Contract, signing_keys_of: SigningKeysOf) -> list[str]:
+        self.checks.append(contract.id)
+        return super().verify(contract, signing_keys_of)
+
+    def done(self) -> tuple[list[str], list[str]]:
+        """What was parsed and verified since the last call, sorted."""
+        work = (sorted(self.parses), sorted(self.checks))
+        self.parses, self.checks = [], []
+        return work
+
+
+class TestDirLoader:
+    """Loading again: only changed files are parsed, the result is always a full load's."""
+
+    def test_unchanged_files_are_not_parsed_again(
+        self, tmp_path: Path, keys: Any, registry: SigningKeysOf
+    ) -> None:
+        """A second load reads but neither parses nor verifies; one edit costs one file."""
+        for name in ("aa", "bb", "cc"):
+            write(tmp_path, f"{name}.yaml", signed(keys, contract(id=name)))
+        loader = CountingLoader(tmp_path)
+        first = loader.load(registry, IN_2026, keys_version=1)
+        assert loader.done() == (["aa.yaml", "bb.yaml", "cc.yaml"], ["aa", "bb", "cc"])
+        assert first == load_contract_dir(tmp_path, registry, IN_2026)
+        again = loader.load(registry, IN_2026, keys_version=1)
+        assert loader.done() == ([], [])
+        assert again == first
+        assert [again.contracts.get(i) is first.contracts.get(i) for i in ("aa", "bb", "cc")] == [
+            True
+        ] * 3
+        write(tmp_path, "bb.yaml", signed(keys, contract(id="bb", version=4)))
+        edited = loader.load(registry, IN_2026, keys_version=1)
+        assert loader.done() == (["bb.yaml"], ["bb"])
+        assert edited == load_contract_dir(tmp_path, registry, IN_2026)
+        assert edited.contracts.get("bb") == signed(keys, contract(id="bb", version=4))
+
+    def test_a_rewrite_keeping_size_and_mtime_is_seen(
+        self, tmp_path: Path, keys: Any, registry: SigningKeysOf
+    ) -> None:
+        """Files are compared by content, not by (mtime, size), which a quick rewrite can keep."""
+        path = write(tmp_path, "c.yaml", signed(keys, contract(version=3)))
+        loader = CountingLoader(tmp_path)
+        loader.load(registry, IN_2026, keys_version=1)
+        loader.done()
+        before = path.stat()
+        write(tmp_path, "c.yaml", signed(keys, contract(version=4)))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert (path.stat().st_size, path.stat().st_mtime_ns) == (
+            before.st_size,
+            before.st_mtime_ns,
+        )
+        loaded = loader.load(registry, IN_2026, keys_version=1)
+        assert loader.done() == (["c.yaml"], ["benefits-income-2026"])
+        found = loaded.contracts.get("benefits-income-2026")
+        assert found is not None
+        assert found.version == 4
+
+    def test_signatures_are_checked_again_under_new_keys(
+        self, tmp_path: Path, keys: Any, registry: SigningKeysOf
+    ) -> None:
+        """A new keys version (registry serial) re-verifies every file without re-parsing it."""
+        write(tmp_path, "aa.yaml", signed(keys, contract(id="aa")))
+        write(tmp_path, "bb.yaml", signed(keys, contract(id="bb")))
+        loader = CountingLoader(tmp_path)
+        loader.load(registry, IN_2026, keys_version=1)
+        loader.done()
+        assert loader.load(registry, IN_2026, keys_version=2).contracts.ids() == ("aa", "bb")
+        assert loader.done() == ([], ["aa", "bb"])
+        # The registry of serial 3 no longer trusts the consumer's key: both are refused.
+        untrusted = distrusting(registry, CONSUMER)
+        refused = loader.load(untrusted, IN_2026, keys_version=3)
+        assert loader.done() == ([], ["aa", "bb"])
+        assert refused == load_contract_dir(tmp_path, untrusted, IN_2026)
+        assert refused.contracts.ids() == ()
+        assert {(Path(p.source).name, p.field) for p in refused.problems} == {
+            ("aa.yaml", "signatures"),
+            ("bb.yaml", "signatures"),
+        }
+        # Without a keys version nothing is reused between loads.
+        loader.load(untrusted, IN_2026)
+        loader.load(untrusted, IN_2026)
+        assert loader.done() == ([], ["aa", "aa", "bb", "bb"])
+
+    def test_every_step_gives_what_a_full_load_gives(
+        self, tmp_path: Path, keys: Any, registry: SigningKeysOf
+    ) -> None:
+        """Bad files, duplicates, removals and fixes: each load equals a fresh full load."""
+        loader = CountingLoader(tmp_path)
+
+        def step() -> Any:
+            loaded = loader.load(registry, IN_2026, keys_version=1)
+            assert loaded == load_contract_dir(tmp_path, registry, IN_2026)
+            return loaded
+
+        write(tmp_path, "good.yaml", signed(keys, contract(id="good")))
+        write(tmp_path, "idle.yaml", signed(keys, contract(id="idle", status="suspended")))
+        assert step().contracts.ids() == ("good", "idle")
+        broken = tmp_path / "broken.yaml"
+        broken.write_text("id: [", encoding="utf-8")
+        write(tmp_path, "unsigned.yaml", contract(id="unsigned"))
+        loaded = step()
+        assert {(Path(p.source).name, p.field) for p in loaded.problems} == {
+            ("broken.yaml", None),
+            ("unsigned.yaml", "signatures"),
+        }
+        assert loader.done()[0] == ["broken.yaml", "good.yaml", "idle.yaml", "unsigned.yaml"]
+        # Unchanged bad files are neither parsed nor verified again, and still reported.
+        assert step().problems == loaded.problems
+        assert loader.done() == ([], [])
+        # A second file declaring "good" refuses both; removing it brings the first back.
+        dup = write(tmp_path, "dup.yaml", signed(keys, contract(id="good", version=4)))
+        loaded = step()
+        assert loaded.contracts.ids() == ("idle",)
+        assert [Path(p.source).name for p in loaded.problems if p.field == "id"] == [
+            "dup.yaml",
+            "good.yaml",
+        ]
+        assert loader.done() == (["dup.yaml"], [])
+        dup.unlink()
+        assert step().contracts.ids() == ("good", "idle")
+        assert loader.done() == ([], [])
+        broken.unlink()
+        (tmp_path / "unsigned.yaml").unlink()
+        loaded = step()
+        assert (loaded.contracts.ids(), loaded.problems) == (("good", "idle"), ())
+        assert dict(loaded.not_in_force) == {"idle": "status is suspended"}
+        # A file that becomes unreadable is reported, then parsed again once readable.
+        big = tmp_path / "good.yaml"
+        text = big.read_bytes()
+        big.write_bytes(b"#" * (MAX_CONTRACT_FILE_BYTES + 1))
+        assert [p.reason for p in step().problems] == ["larger than 1048576 bytes"]
+        big.write_bytes(text)
+        assert step().contracts.ids() == ("good", "idle")
+        assert loader.done() == (["good.yaml"], ["good"])
+
+    def test_verified_reuses_the_checks_of_the_last_load(
+        self, tmp_path: Path, keys: Any, registry: SigningKeysOf
+    ) -> None:
+        """Contracts from the last load are not checked again under the same keys version."""
+        write(tmp_path, "aa.yaml", signed(keys, contract(id="aa")))
+        loader = CountingLoader(tmp_path)
+        in_force = loader.load(registry, IN_2026, keys_version=1).contracts
+        elsewhere = signed(keys, contract(id="elsewhere"))
+        loader.done()
+        kept = loader.verified([*in_force, elsewhere], registry, keys_version=1)
+        assert kept.ids() == ("aa", "elsewhere")
+        assert loader.done() == ([], ["elsewhere"])
+        untrusted = distrusting(registry, PROVIDER)
+        assert loader.verified(in_force, untrusted, keys_version=2).ids() == ()
+        assert loader.done() == ([], ["aa"])
 
 
 class TestSchema:

@@ -615,3 +615,54 @@ class TestHolder:
         set_file(path, network.signed(), 1)
         with pytest.raises(RegistryError, match="lower than 8"):
             RegistryHolder(path, network.authority_keys, min_serial=8).load(NOW)
+
+    def test_check_changes_nothing_until_applied(
+        self, network: Network, holder: RegistryHolder
+    ) -> None:
+        """``check`` (which may run in a worker thread) only reports; ``apply`` puts it in force."""
+        path = network.root / "registry.jws"
+        held = holder.current
+        set_file(
+            path, sign_registry({**network.payload(NOW + 60), "serial": 8}, network.authority), 2
+        )
+        check = holder.check(NOW + 60)
+        assert check.based_on is held
+        assert isinstance(check.found, Registry)
+        assert check.found.serial == 8
+        assert holder.current is held
+        assert holder.last_success == float(NOW)
+        # Not applied, so the file still counts as changed.
+        assert holder.check(NOW + 60).found is not None
+        result = holder.apply(check, NOW + 60)
+        assert (result.outcome, result.serial) == ("reloaded", 8)
+        assert holder.current is check.found
+        assert holder.last_success == float(NOW + 60)
+        assert holder.check(NOW + 61).found is None
+
+    def test_refusal_counts_only_when_applied(
+        self, network: Network, holder: RegistryHolder
+    ) -> None:
+        """A refused file is counted once, by ``apply``, not by ``check``."""
+        path = network.root / "registry.jws"
+        set_file(path, "not a registry", 2)
+        check = holder.check(NOW)
+        assert isinstance(check.found, RegistryError)
+        assert (holder.reload_failures, holder.last_error) == (0, None)
+        result = holder.apply(check, NOW)
+        assert result.outcome == "failed"
+        assert holder.reload_failures == 1
+        assert holder.last_error == str(check.found)
+
+    def test_stale_check_is_dropped(self, network: Network, holder: RegistryHolder) -> None:
+        """A check made against a registry no longer held changes nothing."""
+        path = network.root / "registry.jws"
+        payload = network.payload(NOW + 60)
+        set_file(path, sign_registry({**payload, "serial": 8}, network.authority), 2)
+        stale = holder.check(NOW + 60)
+        assert holder.maybe_reload(NOW + 60).outcome == "reloaded"
+        set_file(path, sign_registry({**payload, "serial": 9}, network.authority), 3)
+        result = holder.apply(stale, NOW + 61)
+        assert (result.outcome, result.serial) == ("unchanged", 8)
+        assert holder.current.serial == 8
+        # The newer file was not marked as seen: the next poll reads it.
+        assert holder.maybe_reload(NOW + 62).serial == 9

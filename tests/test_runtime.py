@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -14,15 +17,17 @@ import yaml
 
 from gateway.backend import HttpBackend
 from gateway.config import load_settings
+from gateway.contracts import Contract, ContractDirLoader, ContractProblem
 from gateway.demo import demo_registry
 from gateway.demo.network import BENEFITS, INCOME_CONTRACT, TAX, build_network
 from gateway.errors import Overloaded
 from gateway.inbound import Provider
-from gateway.keys import load_private_key
-from gateway.registry import build_registry_payload, sign_registry
+from gateway.keys import load_private_key, load_public_key_file
+from gateway.registry import RegistryCheck, RegistryHolder, build_registry_payload, sign_registry
 from gateway.replay import MemoryReplayCache
 from gateway.runtime import Runtime, build_runtime
 from tests.conftest import LiveNetwork
+from tests.test_contracts import CountingLoader
 from tests.wire import Peer
 
 FORM = "application/x-www-form-urlencoded"
@@ -88,6 +93,160 @@ async def test_garbage_registry_keeps_the_last_good_one(tax_runtime: Runtime) ->
     assert tax_runtime.trusted().serial == serial
     assert tax_runtime.registry.last_error
     assert _failures(tax_runtime, "registry") == 1
+
+
+def _republish_registry(runtime: Runtime, **changes: object) -> None:
+    """Sign the network's registry again with ``changes`` (``serial`` at least) to its source."""
+    directory = runtime.settings.base_dir.parent
+    source = yaml.safe_load((directory / "registry.yaml").read_text(encoding="utf-8"))
+    source.update(changes)
+    (directory / "registry.yaml").write_text(yaml.safe_dump(source), encoding="utf-8")
+    authority = load_private_key(directory / "authority" / "signing.pem", "sig")
+    payload = build_registry_payload(directory / "registry.yaml", runtime.now())
+    path = runtime.settings.registry.path
+    path.write_text(sign_registry(payload, authority), encoding="ascii")
+    # A distinct mtime even where the file system's clock is coarse.
+    later = path.stat().st_mtime_ns + 10**9
+    os.utime(path, ns=(later, later))
+
+
+def _edit(path: Path, comment: str) -> None:
+    """Change a contract file's bytes but not its contract: the signatures still verify."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(f"# {comment}\n")
+
+
+async def test_reload_parses_only_changed_files(tax_runtime: Runtime) -> None:
+    """Only a changed file is parsed again; a new registry serial re-verifies without parsing."""
+    directory = tax_runtime.settings.contracts.dir
+    names = sorted(path.name for path in directory.glob("*.yaml"))
+    ids = set(tax_runtime.contracts.current.ids())
+    loader = CountingLoader(directory)
+    tax_runtime.contracts.loader = loader  # cold: the next reload parses everything
+    _edit(directory / names[0], "first")
+    tax_runtime.reload()
+    assert loader.done() == (names, sorted(ids))
+    _edit(directory / names[1], "second")
+    tax_runtime.reload()
+    assert loader.done() == ([names[1]], [tax_runtime.contracts.current.ids()[1]])
+    tax_runtime.reload()  # nothing changed: not even read
+    assert loader.done() == ([], [])
+    _republish_registry(tax_runtime, serial=2)
+    tax_runtime.reload()
+    assert tax_runtime.trusted().serial == 2
+    assert loader.done() == ([], sorted(ids))
+    assert set(tax_runtime.contracts.current.ids()) == ids
+    assert (tax_runtime.contracts.problems, _failures(tax_runtime, "contracts")) == ((), 0)
+
+
+async def test_serial_change_with_a_bad_file_still_drops_untrusted_signers(
+    tax_runtime: Runtime,
+) -> None:
+    """With a refused file in the folder, a registry dropping a signer still takes effect."""
+    directory = tax_runtime.settings.contracts.dir
+    (directory / "broken.yaml").write_text("id: [\n", encoding="utf-8")
+    tax_runtime.reload()
+    assert tax_runtime.contract(INCOME_CONTRACT) is not None
+    registry = yaml.safe_load((directory.parents[1] / "registry.yaml").read_text("utf-8"))
+    agencies = [
+        {**agency, "jwks": "keys/social-benefits-revoked/jwks.json"}
+        if agency["id"] == BENEFITS
+        else agency
+        for agency in registry["agencies"]
+    ]
+    _republish_registry(tax_runtime, serial=2, agencies=agencies)
+    tax_runtime.reload()
+    assert tax_runtime.trusted().serial == 2
+    assert tax_runtime.contract(INCOME_CONTRACT) is None
+    assert any("broken.yaml" in problem for problem in tax_runtime.contracts.problems)
+    assert _failures(tax_runtime, "contracts") == 2
+
+
+class ThreadRecordingLoader(ContractDirLoader):
+    """Records the threads that parse contract files."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.threads: set[int] = set()
+
+    def parse(
+        self, source: str, data: bytes
+    ) -> tuple[Contract | None, tuple[ContractProblem, ...]]:
+        self.threads.add(threading.get_ident())
+        return super().parse(source, data)
+
+
+class ThreadRecordingHolder(RegistryHolder):
+    """Records the threads that check the registry file."""
+
+    threads: set[int]
+
+    def check(self, now: int, *, force: bool = False) -> RegistryCheck:
+        self.threads.add(threading.get_ident())
+        return super().check(now, force=force)
+
+
+async def test_reload_in_thread_keeps_file_work_off_the_loop(tax_runtime: Runtime) -> None:
+    """Registry and contract files are read in a worker thread; the result is applied."""
+    settings = tax_runtime.settings
+    holder = ThreadRecordingHolder(
+        settings.registry.path, load_public_key_file(settings.registry.authority_key)
+    )
+    holder.threads = set()
+    holder.load(tax_runtime.now())
+    tax_runtime.registry = holder
+    loader = ThreadRecordingLoader(settings.contracts.dir)
+    tax_runtime.contracts.loader = loader
+    before = set(tax_runtime.contracts.current.ids())
+    (settings.contracts.dir / "broken.yaml").write_text("id: [\n", encoding="utf-8")
+    await tax_runtime.reload_in_thread()
+    loop_thread = threading.get_ident()
+    assert holder.threads
+    assert loop_thread not in holder.threads
+    assert loader.threads
+    assert loop_thread not in loader.threads
+    assert set(tax_runtime.contracts.current.ids()) == before
+    assert any("broken.yaml" in problem for problem in tax_runtime.contracts.problems)
+    assert _failures(tax_runtime, "contracts") == 1
+
+
+class BlockingLoader(ContractDirLoader):
+    """Holds its first parse until released, to interleave two reloads deterministically."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def parse(
+        self, source: str, data: bytes
+    ) -> tuple[Contract | None, tuple[ContractProblem, ...]]:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(timeout=30)
+        return super().parse(source, data)
+
+
+async def test_reloads_never_overlap(tax_runtime: Runtime) -> None:
+    """A reload() during a threaded one waits for it; the stale threaded result is dropped."""
+    directory = tax_runtime.settings.contracts.dir
+    loader = BlockingLoader(directory)
+    tax_runtime.contracts.loader = loader
+    (directory / "broken.yaml").write_text("id: [\n", encoding="utf-8")
+    threaded = asyncio.create_task(tax_runtime.reload_in_thread())
+    queued = asyncio.create_task(tax_runtime.reload_in_thread())
+    assert await asyncio.to_thread(loader.entered.wait, 30)
+    loader.release.set()
+    tax_runtime.reload()  # waits for the thread's file work, then applies its own
+    assert _failures(tax_runtime, "contracts") == 1
+    await asyncio.gather(threaded, queued)
+    # The threaded result was made before reload() applied: dropped, not counted twice;
+    # the queued one found nothing new.
+    assert _failures(tax_runtime, "contracts") == 1
+    assert tax_runtime.contracts.reload_failures == 1
+    (directory / "broken.yaml").unlink()
+    await tax_runtime.reload_in_thread()
+    assert tax_runtime.contracts.problems == ()
 
 
 async def test_token_refused_by_full_replay_cache_is_audited(tmp_path: Path) -> None:
