@@ -8,7 +8,6 @@ operator for anything the operator can fix.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import secrets
@@ -195,7 +194,7 @@ def cmd_contracts_schema(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run one gateway until SIGTERM or SIGINT (``--workers N``: N processes on one port)."""
-    from gateway.web.server import serve  # noqa: PLC0415 - aiohttp only for this command
+    from gateway.web.server import run_on_event_loop, serve  # noqa: PLC0415 - aiohttp only here
 
     config = Path(args.config)
     settings = load_settings(config)
@@ -207,13 +206,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from gateway.workers import run_workers  # noqa: PLC0415 - beside serve
 
         return run_workers(config, settings, workers)
-    asyncio.run(serve(settings))
+    run_on_event_loop(serve(settings), settings.listen.event_loop)
     return 0
 
 
 def _serve_as_worker(args: argparse.Namespace, settings: GatewaySettings) -> int:
     """One worker process of ``gateway serve --workers N``, started by its parent."""
-    from gateway.web.server import WorkerRole, serve  # noqa: PLC0415
+    from gateway.web.server import WorkerRole, run_on_event_loop, serve  # noqa: PLC0415
 
     configure_logging(settings.log.level, settings.log.format, fixed={"worker": args.worker_index})
     role = WorkerRole(
@@ -223,7 +222,7 @@ def _serve_as_worker(args: argparse.Namespace, settings: GatewaySettings) -> int
         sockets=tuple(socket.socket(fileno=int(fd)) for fd in args.worker_fds.split(",")),
         ready_fd=args.worker_ready_fd,
     )
-    asyncio.run(serve(settings, worker=role))
+    run_on_event_loop(serve(settings, worker=role), settings.listen.event_loop)
     return 0
 
 
@@ -237,15 +236,17 @@ def _workers(text: str) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the three-agency demo network."""
     from gateway.demo import run_demo  # noqa: PLC0415 - the demo is not needed to serve
+    from gateway.web.server import run_on_event_loop  # noqa: PLC0415
 
-    return asyncio.run(
+    return run_on_event_loop(
         run_demo(
             directory=Path(args.dir) if args.dir else None,
             port_base=args.port_base,
             scenario=not args.no_scenario,
             once=args.once,
             with_prometheus=args.with_prometheus,
-        )
+        ),
+        "auto",
     )
 
 

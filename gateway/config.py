@@ -53,6 +53,8 @@ class ListenSettings(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
     # 1: one process (the default); 0 or "auto": one per CPU (``gateway serve --workers``).
     workers: Annotated[int, Field(ge=0, le=MAX_WORKERS)] | Literal["auto"] = 1
+    # auto: uvloop where it is installed (it is a dependency on Linux and macOS), else asyncio's.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
 
 class KeySettings(_Section):

@@ -212,6 +212,7 @@ class TestInvalid:
             ({"listen": {"port": 70000}}, "listen.port"),
             ({"listen": {"port": -1}}, "listen.port"),
             ({"listen": {"port": "http"}}, "listen.port"),
+            ({"listen": {"event_loop": "trio"}}, "listen.event_loop"),
             ({"agency": "Tax_Authority"}, "agency"),
             ({"agency": "x"}, "agency"),
             ({"public_url": "ftp://gw.example"}, "public_url"),
