@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.audit.merkle import leaf_hash, node_hash
 from gateway.audit.note import NoteSigner
@@ -28,6 +30,7 @@ from gateway.audit.records import (
     AuditRecord,
     Pseudonymizer,
     generate_audit_key,
+    jcs_bytes,
     load_audit_key,
     new_record_identity,
     parse_audit_keys,
@@ -142,6 +145,42 @@ class TestRecords:
         assert leaf == rfc8785.dumps(record.model_dump(exclude_none=True))
         assert leaf == rfc8785.dumps(json.loads(leaf))
         assert b" " not in leaf.replace(b"benefit eligibility", b"")
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        members=st.dictionaries(
+            st.text(max_size=8),
+            st.recursive(
+                st.none()
+                | st.booleans()
+                | st.integers(min_value=-(2**60), max_value=2**60)
+                | st.text(alphabet=st.characters(exclude_categories=("Cs",))),
+                lambda inner: (
+                    st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+                ),
+                max_leaves=8,
+            ),
+            max_size=6,
+        )
+    )
+    def test_jcs_bytes_equal_rfc8785(self, members: dict[str, Any]) -> None:
+        """The fast path gives rfc8785's bytes for any such members, or rfc8785's refusal."""
+        try:
+            expected = bytes(rfc8785.dumps(members))
+        except rfc8785.CanonicalizationError:
+            with pytest.raises(rfc8785.CanonicalizationError):
+                jcs_bytes(members)
+            return
+        assert jcs_bytes(members) == expected
+
+    def test_jcs_bytes_of_escapes_and_non_bmp_keys(self) -> None:
+        """Control characters, quotes, U+2028 and keys that sort differently in UTF-16."""
+        members = {"\ue000": 1, "\U0001f600": 2, "a": '\x00\x1f\x7f"\\\u2028\U0001f600'}
+        assert jcs_bytes(members) == bytes(rfc8785.dumps(members))
+        assert jcs_bytes({"n": 2**53 - 1}) == b'{"n":9007199254740991}'
+        with pytest.raises(rfc8785.IntegerDomainError):
+            jcs_bytes({"n": 2**53})
 
     def test_at_index(self) -> None:
         """A record placed in the log carries its index; the original is unchanged."""

@@ -7,7 +7,9 @@ agency's audit key, released fields by name only.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import json
 import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -85,11 +87,50 @@ class AuditRecord(BaseModel):
 
     def leaf_bytes(self) -> bytes:
         """The stored bytes: RFC 8785 (JCS) canonical JSON without absent members."""
-        return bytes(rfc8785.dumps(self.model_dump(exclude_none=True)))
+        return jcs_bytes(self.model_dump(exclude_none=True))
 
     def at_index(self, index: int) -> AuditRecord:
         """This record placed at ``index`` of the log."""
         return self.model_copy(update={"index": index})
+
+
+# RFC 8785 writes numbers as IEEE 754 doubles do: integers beyond this lose digits.
+_JCS_EXACT_INT: Final = 2**53 - 1
+
+
+def jcs_bytes(members: Mapping[str, Any]) -> bytes:
+    """RFC 8785 (JCS) bytes of a record's members, the fast way where it is the same.
+
+    For what a record holds (text, integers, lists and maps of text), JCS is
+    ``json.dumps`` with sorted keys, no whitespace and no ASCII escaping: its
+    string escapes are ECMAScript's, and sorting by UTF-16 code units equals
+    sorting by code points while keys are ASCII. Anything else (a non-ASCII
+    key, a float, an integer past 2^53, a lone surrogate) goes through the
+    rfc8785 library, which is exact but costs about three times as much.
+    """
+    if _plain_json(members):
+        with contextlib.suppress(UnicodeEncodeError):
+            return json.dumps(
+                members, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            ).encode("utf-8")
+    return bytes(rfc8785.dumps(members))
+
+
+def _plain_json(value: object) -> bool:
+    if isinstance(value, str):
+        return True
+    if isinstance(value, bool) or value is None:
+        return True
+    if isinstance(value, int):
+        return -_JCS_EXACT_INT <= value <= _JCS_EXACT_INT
+    if isinstance(value, list):
+        return all(_plain_json(item) for item in value)
+    if isinstance(value, dict):
+        return all(
+            isinstance(key, str) and key.isascii() and _plain_json(item)
+            for key, item in value.items()
+        )
+    return False
 
 
 def _storable(text: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import rfc8785
 from pydantic import ValidationError
 
 from gateway.audit.checkpoint import open_checkpoint
@@ -58,7 +59,8 @@ def check_leaf(stored: StoredLeaf) -> None:
         raise _Bad(stored.index, "the record is not a valid audit record") from exc
     if record.index != stored.index:
         raise _Bad(stored.index, f"the record says it is index {record.index}: rows were moved")
-    if record.leaf_bytes() != stored.leaf:
+    # The rfc8785 library, not the writer's fast path: the check stays independent of it.
+    if bytes(rfc8785.dumps(record.model_dump(exclude_none=True))) != stored.leaf:
         raise _Bad(stored.index, "the record is not in canonical (RFC 8785) form")
 
 
