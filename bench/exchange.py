@@ -9,13 +9,18 @@ concurrency for each scenario:
 - C: client -> consumer gateway -> provider gateway -> backend
   (``gateway serve --config``: full protocol, audit on both sides);
 - F: the crypto of one exchange through the project's envelope and token
-  code, and through bare ``cryptography`` primitives (the floor).
+  code, and through bare ``cryptography`` primitives (the floor);
+- P: client -> provider gateway -> backend, wrk sending requests sealed
+  beforehand as a consumer gateway seals them (``bench/sealed.py``), to see
+  one gateway scale with ``--workers``.
 
 For each: throughput, latency percentiles, CPU seconds per request of every
 process (``/proc``), peak RSS. A, B and C alternate over rounds; every
 headline figure is the median of its per-round values. Scaling curves follow
-(concurrency, ``--workers``, payload size, contracts loaded, audit log size),
-each restarting the gateways on a config of its own. See bench/README.md.
+(concurrency, ``--workers``, the provider alone at ``--workers`` 1 and N,
+payload size, contracts loaded, audit log size), each restarting the gateways
+on a config of its own; then memory at 1,000 connections and, only when asked
+for, over a long steady run (``soak``). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -34,13 +39,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from bench import crypto
 from bench.audit import (
@@ -55,7 +59,7 @@ from bench.audit import (
     machine_info,
 )
 from bench.gwmetrics import Samples, scrape, summarise
-from bench.loadgen import LoadError, find_wrk, run_wrk
+from bench.loadgen import OK_ANSWER, Load, LoadError, LoadResult, PostLoad, find_wrk
 from bench.network import (
     CONSUMER,
     PROVIDER,
@@ -66,13 +70,22 @@ from bench.network import (
     write_configs,
 )
 from bench.payloads import parse_size, record_bytes, request_bytes, size_label
-from bench.procs import MachineTimes, ProcessError, Server, cpu_delta, stop_all
+from bench.procs import (
+    MachineTimes,
+    ProcessError,
+    Server,
+    cpu_delta,
+    post,
+    raise_open_files,
+    stop_all,
+)
 from bench.report import headline, print_report, write_results
+from bench.sealed import SealedLoad, send_one
 from gateway.audit.log import AuditLog
 from gateway.audit.note import NoteSigner
 from gateway.audit.records import record_time
 from gateway.audit.store import SqliteAuditStore
-from gateway.jose import MAX_COMPACT_BYTES
+from gateway.jose import CLOCK_SKEW_SECONDS, MAX_COMPACT_BYTES, MESSAGE_LIFETIME
 
 DESCRIPTION = (
     "exchange: direct (A), two plain proxies (B), two gateways (C), crypto floor (F);"
@@ -88,9 +101,29 @@ CHAIN: Final = {
     "A": ("backend",),
     "B": ("proxy-1", "proxy-2", "backend"),
     "C": ("consumer-gw", "provider-gw", "backend"),
+    "P": ("provider-gw", "backend"),
 }
-HOPS: Final = {"A": (), "B": ("proxy-1", "proxy-2"), "C": ("consumer-gw", "provider-gw")}
-PARTS: Final = ("crypto", "main", "concurrency", "workers", "payload", "contracts", "audit")
+HOPS: Final = {
+    "A": (),
+    "B": ("proxy-1", "proxy-2"),
+    "C": ("consumer-gw", "provider-gw"),
+    "P": ("provider-gw",),
+}
+PARTS: Final = (
+    "crypto",
+    "main",
+    "concurrency",
+    "workers",
+    "provider-workers",
+    "connections",
+    "payload",
+    "contracts",
+    "audit",
+    "soak",
+)
+# What a run without --only does: everything but the long soak.
+DEFAULT_PARTS: Final = tuple(part for part in PARTS if part != "soak")
+LOAD_PARTS: Final = frozenset(PARTS) - {"crypto"}
 GATEWAYS: Final = {CONSUMER: "consumer-gw", PROVIDER: "provider-gw"}
 
 # Payloads above this size are sent one exchange at a time (memory per exchange is the question).
@@ -98,6 +131,15 @@ LARGE_PAYLOAD: Final = 1024 * 1024
 # JWE compact size of a payload, roughly: base64 of a JWS that holds base64 of the body.
 JWE_EXPANSION: Final = (4 / 3) ** 2
 READY_TIMEOUT: Final = 240.0
+# The connections part: this many connections, far above limits.max_in_flight (256).
+MANY_CONNECTIONS: Final = 1000
+# A sealed request is valid 120 s after it is made: a run of P stays well inside that.
+SEALED_RUN_MAX_SECONDS: Final = 60.0
+# The soak part: warm-up before the steady state, and how often each RSS is read.
+SOAK_WARMUP: Final = 30.0
+SOAK_SAMPLE_EVERY: Final = 10.0
+# How long a provider remembers a spent jti (exp + skew): its replay window's fill time.
+REPLAY_WINDOW: Final = MESSAGE_LIFETIME + CLOCK_SKEW_SECONDS
 # Servers are idle when together they use at most this share of a core over the window
 # (/proc counts CPU time in ticks of 10 ms).
 IDLE_SHARE: Final = 0.1
@@ -124,6 +166,9 @@ class Settings:
     contract_counts: tuple[int, ...]
     audit_records: int
     workers: int
+    provider_workers: int
+    connections_seconds: float
+    soak_seconds: float
     payload_concurrency: int
     parts: tuple[str, ...]
     port_base: int
@@ -145,7 +190,7 @@ class Settings:
         def pick(value: Any, full: Any, fast: Any) -> Any:
             return value if value is not None else (fast if quick else full)
 
-        parts = tuple(args.only.split(",")) if args.only else PARTS
+        parts = tuple(args.only.split(",")) if args.only else DEFAULT_PARTS
         unknown = set(parts) - set(PARTS)
         if unknown:
             raise SystemExit(f"--only: unknown part(s) {sorted(unknown)}; choose from {PARTS}")
@@ -168,6 +213,9 @@ class Settings:
             contract_counts=_ints(pick(args.contracts, "1000,10000", "1000")),
             audit_records=pick(args.audit_records, 1_000_000, 100_000),
             workers=args.workers,
+            provider_workers=args.provider_workers or len(os.sched_getaffinity(0)),
+            connections_seconds=pick(args.connections_seconds, 20.0, 8.0),
+            soak_seconds=args.soak_seconds,
             payload_concurrency=args.payload_concurrency,
             parts=tuple(part for part in PARTS if part in parts),
             port_base=args.port_base,
@@ -183,6 +231,13 @@ class Settings:
         )
         if settings.rounds < 1 or settings.seconds < 1 or settings.curve_seconds < 1:
             raise SystemExit("--rounds, --seconds and --curve-seconds must be at least 1")
+        if settings.provider_workers < 2:
+            raise SystemExit("--provider-workers must be at least 2 (it is compared with 1)")
+        if settings.soak_seconds < SOAK_SAMPLE_EVERY or settings.connections_seconds < 1:
+            raise SystemExit(
+                f"--soak-seconds must be at least {SOAK_SAMPLE_EVERY:.0f},"
+                " --connections-seconds at least 1"
+            )
         return settings
 
 
@@ -241,6 +296,8 @@ class Bench:
             return f"http://127.0.0.1:{self.network.backend_port}/income-records"
         if scenario == "B":
             return f"http://127.0.0.1:{self.network.proxy_ports[0]}/income-records"
+        if scenario == "P":
+            return self.network.service_url
         return self.network.exchange_url
 
     def body(self, size: int) -> Path:
@@ -259,6 +316,20 @@ class Bench:
             lines = [f"{name}: {value}" for name, value in self.network.client_headers.items()]
             self.headers_file.write_text("\n".join(lines) + "\n")
         return self.headers_file
+
+    def post_load(
+        self, scenario: str, connections: int, payload: int, *, count_answers: bool = False
+    ) -> PostLoad:
+        """The client's request of ``payload`` bytes to ``scenario``, as wrk sends it."""
+        return PostLoad(
+            wrk=self.settings.wrk,
+            url=self.url(scenario),
+            connections=connections,
+            body=self.body(payload),
+            headers=self.headers(),
+            log=self.logs / "wrk.log",
+            count_answers=count_answers,
+        )
 
     def start_plain(self) -> None:
         """The backend and the two proxy hops of B."""
@@ -288,11 +359,15 @@ class Bench:
         for name in specs:
             self.servers[name].wait_ready(60)
 
-    def start_gateways(self, variant: Variant) -> dict[str, float]:
-        """Both gateways on the configs of ``variant``; seconds each took to be ready."""
+    def start_gateways(
+        self, variant: Variant, agencies: Sequence[str] = tuple(GATEWAYS)
+    ) -> dict[str, float]:
+        """Both gateways (or those of ``agencies``) on the configs of ``variant``; seconds
+        each took to be ready."""
         self.stop_gateways()
         paths = write_configs(self.network, variant)
-        for agency, name in GATEWAYS.items():
+        started = {agency: GATEWAYS[agency] for agency in agencies}
+        for agency, name in started.items():
             port = self.network.gateway_port(agency)
             command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(paths[agency])]
             if variant.workers > 1:
@@ -305,7 +380,7 @@ class Bench:
             )
             server.start(cwd=ROOT)
             self.servers[name] = server
-        ready = {name: self.servers[name].wait_ready(READY_TIMEOUT) for name in GATEWAYS.values()}
+        ready = {name: self.servers[name].wait_ready(READY_TIMEOUT) for name in started.values()}
         self.variant = variant
         self.startups.append(
             {"variant": variant.tag, "workers": variant.workers, **_rounded_map(ready)}
@@ -313,7 +388,7 @@ class Bench:
         # Each worker's own readiness is not visible through one port: let them all start.
         if variant.workers > 1:
             time.sleep(2.0)
-            for name in GATEWAYS.values():
+            for name in started.values():
                 self.servers[name].refresh_members()
         return ready
 
@@ -427,24 +502,14 @@ def wait_idle(servers: Iterable[Server], timeout: float = 60.0) -> float:
     return time.perf_counter() - started
 
 
-def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(  # noqa: S310 - loopback URLs we built
-        url, data=body, headers={"Content-Type": "application/json", **headers}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310
-            return answer.status, dict(answer.headers), answer.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-
-
 def scrape_gateways(bench: Bench, scenario: str) -> dict[str, Samples]:
-    """Both gateways' metrics of interest (C with single-process gateways only)."""
-    if scenario != "C" or (bench.variant is not None and bench.variant.workers > 1):
+    """The metrics of interest of the gateways ``scenario`` passes (single-process only)."""
+    if bench.variant is not None and bench.variant.workers > 1:
         return {}
     return {
         name: scrape(f"http://127.0.0.1:{bench.network.gateway_port(agency)}/metrics")
         for agency, name in GATEWAYS.items()
+        if name in HOPS[scenario]
     }
 
 
@@ -453,7 +518,7 @@ def check_answers(bench: Bench, size: int, scenarios: Sequence[str] = SCENARIOS)
     expected = json.loads(record_bytes(size))
     body = bench.body(size).read_bytes()
     for scenario in scenarios:
-        status, headers, raw = _post(bench.url(scenario), body, bench.network.client_headers)
+        status, headers, raw = post(bench.url(scenario), body, bench.network.client_headers)
         if status != 200:
             raise ProcessError(
                 f"scenario {scenario}: status {status} for a {size_label(size)} request:"
@@ -467,6 +532,16 @@ def check_answers(bench: Bench, size: int, scenarios: Sequence[str] = SCENARIOS)
             raise ProcessError("scenario C: the answer carries no audit indexes")
 
 
+def _warm_up(load: Load, scenario: str, seconds: float) -> None:
+    """A run that is not measured, so that the servers' pools, caches and heaps are warm."""
+    load.prepare(seconds)
+    warm = load.run(seconds)
+    if warm.requests and warm.failed >= warm.requests:
+        raise ProcessError(
+            f"scenario {scenario}: every warm-up request failed ({warm.errors}, {warm.answers})"
+        )
+
+
 def measure(
     bench: Bench,
     scenario: str,
@@ -476,43 +551,31 @@ def measure(
     seconds: float,
     warmup: float,
     label: str = "",
+    sender: Load | None = None,
 ) -> dict[str, Any]:
-    """One wrk run of ``scenario``, with CPU and memory of every process around it."""
-    settings = bench.settings
-    body, headers = bench.body(payload), bench.headers()
-    url = bench.url(scenario)
-    wrk_log = bench.logs / "wrk.log"
+    """One wrk run of ``scenario``, with CPU and memory of every process around it.
+
+    ``sender`` is what wrk sends (default: the client's request of ``payload``
+    bytes from ``connections`` connections); it prepares each run after the
+    servers went idle and the machine quiet, before anything is read.
+    """
+    source = sender or bench.post_load(scenario, connections, payload)
     if warmup > 0:
-        warm = run_wrk(
-            settings.wrk,
-            url,
-            connections=connections,
-            seconds=warmup,
-            body=body,
-            headers=headers,
-            log=wrk_log,
-        )
-        if warm.requests and warm.failed >= warm.requests:
-            raise ProcessError(f"scenario {scenario}: every warm-up request failed ({warm.errors})")
+        _warm_up(source, scenario, warmup)
     servers = bench.servers
     # Requests the warm-up left in flight must not be counted against this run.
     wait_idle(servers.values())
     quiet_wait, others_before = wait_quiet(bench)
+    source.prepare(seconds)
     scraped = scrape_gateways(bench, scenario)
+    # The peak since the last reset (the warm-up's, on fresh servers), then this run's.
+    peak_before = {name: server.memory()["peak_rss_sum_mb"] for name, server in servers.items()}
     for server in servers.values():
         server.reset_peaks()
     rss_before = {name: server.memory()["rss_mb"] for name, server in servers.items()}
     cpu_before = {name: server.cpu() for name, server in servers.items()}
     machine_before = MachineTimes.now()
-    load = run_wrk(
-        settings.wrk,
-        url,
-        connections=connections,
-        seconds=seconds,
-        body=body,
-        headers=headers,
-        log=wrk_log,
-    )
+    load = source.run(seconds)
     machine_after = MachineTimes.now()
     machine_busy = machine_after.busy_share_since(machine_before)
     machine_busy_s = machine_after.busy_seconds_since(machine_before)
@@ -541,6 +604,7 @@ def measure(
             "peak_rss_mb": memory["peak_rss_mb"],
             "peak_rss_sum_mb": memory["peak_rss_sum_mb"],
             "rss_before_mb": rss_before[name],
+            "peak_rss_before_run_mb": peak_before[name],
             "peak_over_before_mb": _rounded(memory["peak_rss_sum_mb"] - rss_before[name]),
             "processes": memory["processes"],
             "_during": during,
@@ -597,7 +661,16 @@ def measure(
     }
     if gateway_view:
         result["gateway_metrics"] = gateway_view
+    if load.answers:
+        result["answers"] = load.answers
+    if load.handed_out:
+        result["requests_handed_out"] = load.handed_out
+        result["requests_exhausted"] = load.exhausted
     failed = f", {load.failed} FAILED {load.errors}" if load.failed else ""
+    if load.answers and set(load.answers) != {OK_ANSWER}:
+        failed = f", answers {load.answers}, errors {load.errors}"
+    if load.exhausted:
+        failed += ", RAN OUT OF REQUESTS (not valid)"
     noisy = f", OTHER PROCESSES {other:.2f} cores" if other >= NOISY_CORES else ""
     _say(
         f"  {scenario} c={connections:<3} {size_label(payload):>7} {label:<14}"
@@ -613,11 +686,14 @@ def measure(
 # -- the parts ---------------------------------------------------------------------
 
 
-def _rotations(rounds: int) -> Iterator[tuple[str, ...]]:
-    """A, B, C in a rotated order each round, so no scenario always runs first."""
+_Item = TypeVar("_Item")
+
+
+def _rotations(items: tuple[_Item, ...], rounds: int) -> Iterator[tuple[_Item, ...]]:
+    """``items`` in a rotated order each round, so that none always runs first."""
     for number in range(rounds):
-        shift = number % len(SCENARIOS)
-        yield SCENARIOS[shift:] + SCENARIOS[:shift]
+        shift = number % len(items)
+        yield items[shift:] + items[:shift]
 
 
 def part_main(bench: Bench) -> dict[str, list[dict[str, Any]]]:
@@ -628,7 +704,7 @@ def part_main(bench: Bench) -> dict[str, list[dict[str, Any]]]:
         f" c={settings.concurrency}, {size_label(settings.payload)} request and record"
     )
     runs: dict[str, list[dict[str, Any]]] = {scenario: [] for scenario in SCENARIOS}
-    for number, order in enumerate(_rotations(settings.rounds), 1):
+    for number, order in enumerate(_rotations(SCENARIOS, settings.rounds), 1):
         for scenario in order:
             result = measure(
                 bench,
@@ -685,6 +761,237 @@ def part_workers(bench: Bench, variant: Variant) -> list[dict[str, Any]]:
         result["round"] = number
         results.append(result)
     return results
+
+
+def _sealed_load(bench: Bench, workers: int) -> SealedLoad:
+    """Requests sealed before each run of P at ``--workers`` ``workers``."""
+    settings = bench.settings
+    return SealedLoad(
+        network=bench.network,
+        wrk=settings.wrk,
+        url=bench.url("P"),
+        connections=settings.concurrency,
+        payload=settings.payload,
+        workers=workers,
+        path=bench.workdir / f"sealed-workers-{workers}.txt",
+        log=bench.logs / "wrk.log",
+    )
+
+
+def _check_provider(bench: Bench) -> None:
+    """One sealed request straight to the provider: it must answer 200."""
+    status, raw = send_one(bench.network, bench.settings.payload)
+    if status != 200:
+        raise ProcessError(f"scenario P: status {status} for a sealed request: {raw[:300]!r}")
+
+
+def part_provider_workers(bench: Bench) -> list[dict[str, Any]]:
+    """The provider gateway alone at ``--workers`` 1 and N, the order rotating each round.
+
+    The consumer gateway is stopped: wrk sends requests sealed before each run
+    (each once) straight to the provider, so the provider, the backend and wrk
+    have the machine. A run that ran out of requests is repeated with twice as
+    many.
+    """
+    settings = bench.settings
+    counts = (1, settings.provider_workers)
+    seconds = min(settings.seconds, SEALED_RUN_MAX_SECONDS)
+    _say(
+        f"\nProvider alone at --workers 1 and {counts[1]}: {settings.rounds} round(s) of"
+        f" {seconds:.0f} s, c={settings.concurrency}, requests sealed before each run"
+    )
+    loads = {workers: _sealed_load(bench, workers) for workers in counts}
+    running = None
+    results = []
+    for number, order in enumerate(_rotations(counts, settings.rounds), 1):
+        for workers in order:
+            if workers != running:
+                bench.start_gateways(Variant(workers=workers), agencies=(PROVIDER,))
+                _check_provider(bench)
+                running = workers
+            for attempt in (1, 2):
+                result = measure(
+                    bench,
+                    "P",
+                    connections=settings.concurrency,
+                    payload=settings.payload,
+                    seconds=seconds,
+                    warmup=settings.warmup,
+                    label=f"workers {workers}",
+                    sender=loads[workers],
+                )
+                result["attempts"] = attempt
+                if not result.get("requests_exhausted"):
+                    break
+            result.update(round=number, sealing=loads[workers].generations[-1])
+            results.append(result)
+    bench.stop_gateways()
+    return results
+
+
+def _answer_split(result: dict[str, Any]) -> dict[str, Any]:
+    """Answers of a run counted by status: 200, 503 ``overloaded``, anything else."""
+    answers = result["answers"]
+    ok = answers.get(OK_ANSWER, 0)
+    overloaded = answers.get("503 overloaded", 0)
+    sockets = sum(count for name, count in result["errors"].items() if name != "status")
+    total = sum(answers.values()) + sockets
+    other = total - ok - overloaded
+    seconds = result["seconds"]
+    return {
+        "ok": ok,
+        "overloaded": overloaded,
+        "other": other,
+        "other_answers": {
+            key: count for key, count in answers.items() if key not in (OK_ANSWER, "503 overloaded")
+        },
+        "socket_errors": sockets,
+        "ok_share": _rounded(ok / total, 3) if total else 0.0,
+        "overloaded_share": _rounded(overloaded / total, 3) if total else 0.0,
+        "ok_rps": _rounded(ok / seconds),
+        "overloaded_rps": _rounded(overloaded / seconds),
+    }
+
+
+def _measure_fresh(
+    bench: Bench, sender: Load, *, connections: int, seconds: float, warmup: float, label: str
+) -> dict[str, Any]:
+    """C on freshly started gateways (the default config), once one exchange is checked."""
+    bench.start_gateways(Variant())
+    check_answers(bench, bench.settings.payload, ("C",))
+    return measure(
+        bench,
+        "C",
+        connections=connections,
+        payload=bench.settings.payload,
+        seconds=seconds,
+        warmup=warmup,
+        label=label,
+        sender=sender,
+    )
+
+
+def part_connections(bench: Bench) -> dict[str, Any]:
+    """C at 1,000 connections on fresh gateways: memory, and what admission control answers.
+
+    The gateways admit ``limits.max_in_flight`` (256) requests at a time and
+    answer the rest 503 ``overloaded`` at once; every answer is counted.
+    """
+    settings = bench.settings
+    _say(
+        f"\nConnections: C at {MANY_CONNECTIONS:,} connections for"
+        f" {settings.connections_seconds:.0f} s on fresh gateways"
+    )
+    result = _measure_fresh(
+        bench,
+        bench.post_load("C", MANY_CONNECTIONS, settings.payload, count_answers=True),
+        connections=MANY_CONNECTIONS,
+        seconds=settings.connections_seconds,
+        warmup=settings.warmup,
+        label=f"{MANY_CONNECTIONS:,} conn",
+    )
+    result["answer_split"] = _answer_split(result)
+    # The peak at this many connections: during the run or its warm-up (fresh processes).
+    result["peak_rss_mb"] = {
+        name: max(entry["peak_rss_sum_mb"], entry["peak_rss_before_run_mb"])
+        for name, entry in result["processes"].items()
+    }
+    return result
+
+
+@dataclass
+class RssSampler:
+    """A load that reads some servers' resident memory every ``every`` seconds of each run."""
+
+    load: Load
+    servers: dict[str, Server]  # the bench's, looked up at each sample (restarts replace them)
+    names: tuple[str, ...]
+    every: float = SOAK_SAMPLE_EVERY
+    samples: list[dict[str, float]] = field(default_factory=list)  # of the last run
+
+    def prepare(self, seconds: float) -> None:
+        """Whatever the load prepares."""
+        self.load.prepare(seconds)
+
+    def run(self, seconds: float) -> LoadResult:
+        """The load's run, in a thread, with a sample at its start, every ``every`` s, its end."""
+        self.samples = []
+        started = time.perf_counter()
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(self.load.run, seconds)
+            while True:
+                self._sample(time.perf_counter() - started)
+                due = self.every * len(self.samples) - (time.perf_counter() - started)
+                try:
+                    result = running.result(timeout=max(0.0, due))
+                except TimeoutError:
+                    continue
+                self._sample(time.perf_counter() - started)
+                return result
+
+    def _sample(self, at: float) -> None:
+        sample = {"at_s": round(at, 1)}
+        for name in self.names:
+            sample[name] = self.servers[name].memory()["rss_sum_mb"]
+        self.samples.append(sample)
+
+    def growth(self, settled_after: float) -> dict[str, dict[str, Any]]:
+        """Per server: RSS change over all samples, and over those from ``settled_after`` s."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.names:
+            points = [(sample["at_s"], sample[name]) for sample in self.samples]
+            later = [(at, mb) for at, mb in points if at >= settled_after]
+            out[name] = _rss_change(points)
+            if len(later) > 2:
+                out[name]["settled"] = {"from_s": later[0][0], **_rss_change(later)}
+        return out
+
+
+def _rss_change(points: Sequence[tuple[float, float]]) -> dict[str, float]:
+    """RSS at the first and last (time, MB) point, growth in percent, least-squares trend."""
+    times, values = zip(*points, strict=True)
+    first, last = values[0], values[-1]
+    slope = statistics.linear_regression(times, values).slope if len(values) > 2 else 0.0
+    return {
+        "start_mb": first,
+        "end_mb": last,
+        "max_mb": max(values),
+        "growth_percent": _rounded((last - first) / first * 100, 3) if first else 0.0,
+        "trend_mb_per_10_min": _rounded(slope * 600, 3),
+    }
+
+
+def part_soak(bench: Bench) -> dict[str, Any]:
+    """C at the main concurrency for ``--soak-seconds`` on fresh gateways, RSS read every 10 s.
+
+    The steady state starts after a warm-up of 30 s; growth is from the first
+    sample of the measured run to the last.
+    """
+    settings = bench.settings
+    _say(
+        f"\nSoak: C at c={settings.concurrency} for {settings.soak_seconds:.0f} s after"
+        f" {SOAK_WARMUP:.0f} s of warm-up, RSS every {SOAK_SAMPLE_EVERY:.0f} s"
+    )
+    sampler = RssSampler(
+        bench.post_load("C", settings.concurrency, settings.payload),
+        bench.servers,
+        (*GATEWAYS.values(), "backend"),
+    )
+    result = _measure_fresh(
+        bench,
+        sampler,
+        connections=settings.concurrency,
+        seconds=settings.soak_seconds,
+        warmup=SOAK_WARMUP,
+        label="soak",
+    )
+    # The provider remembers every jti until exp + skew: its replay window fills for that
+    # long after the load starts, so RSS is compared from then on too ("settled").
+    result["rss"] = sampler.growth(settled_after=REPLAY_WINDOW)
+    result["rss_samples"] = sampler.samples
+    result["rss_sample_every_s"] = SOAK_SAMPLE_EVERY
+    result["warmup_seconds"] = SOAK_WARMUP
+    return result
 
 
 def expected_jwe_bytes(payload: int) -> int:
@@ -941,7 +1248,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="--workers of the workers part (2)")
     parser.add_argument(
-        "--only", help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)"
+        "--provider-workers",
+        type=int,
+        help="--workers N of the provider-workers part, compared with 1 (the CPUs: "
+        f"{len(os.sched_getaffinity(0))})",
+    )
+    parser.add_argument(
+        "--connections-seconds",
+        type=float,
+        help=f"seconds of the run at {MANY_CONNECTIONS:,} connections (20; --quick: 8)",
+    )
+    parser.add_argument(
+        "--soak-seconds",
+        type=float,
+        default=600.0,
+        help="seconds of the soak part's steady run, after 30 s of warm-up (600);"
+        " the soak runs only when --only names it",
+    )
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all but soak)",
     )
     parser.add_argument(
         "--quiet-wait",
@@ -973,6 +1299,12 @@ def estimate_seconds(settings: Settings) -> float:
         total += 2 * len(settings.concurrencies) * curve
     if "workers" in parts:
         total += settings.rounds * run + 5
+    if "provider-workers" in parts:
+        # Two runs a round, each sealing its requests first (a few seconds), restarts.
+        sealed_run = min(settings.seconds, SEALED_RUN_MAX_SECONDS) + settings.warmup + 5
+        total += 2 * settings.rounds * sealed_run + (settings.rounds + 1) * 4
+    if "connections" in parts:
+        total += settings.connections_seconds + settings.warmup + 8
     if "payload" in parts:
         total += 2 * (len(settings.payloads) + 1) * curve * 1.3 + 10
     if "contracts" in parts:
@@ -980,6 +1312,8 @@ def estimate_seconds(settings: Settings) -> float:
         total += len(counts) * (curve * settings.curve_runs + 5) + sum(counts) * 0.004
     if "audit" in parts:
         total += 2 * (curve * settings.curve_runs + 5) + settings.audit_records / 15_000
+    if "soak" in parts:
+        total += SOAK_WARMUP + settings.soak_seconds + 8
     return total
 
 
@@ -1032,6 +1366,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_workers(
+    bench: Bench, title: str, part: Callable[[], list[dict[str, Any]]]
+) -> list[dict[str, Any]] | dict[str, str]:
+    """``part()``, or why it is not measured where ``gateway serve`` has no ``--workers``."""
+    if bench.workers_available is None:
+        return part()
+    _say(f"\n{title}: not measured: {bench.workers_available}")
+    return {"skipped": bench.workers_available}
+
+
 def _run(bench: Bench, started_at: datetime) -> dict[str, Any]:
     settings = bench.settings
     workdir = bench.workdir
@@ -1039,6 +1383,8 @@ def _run(bench: Bench, started_at: datetime) -> dict[str, Any]:
         "benchmark": "exchange",
         "started_at": started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "quick": settings.quick,
+        # Other parts than the default set: written as only-latest.json, not latest.json.
+        "partial": settings.parts != DEFAULT_PARTS,
         "settings": {
             "rounds": settings.rounds,
             "seconds": settings.seconds,
@@ -1053,6 +1399,10 @@ def _run(bench: Bench, started_at: datetime) -> dict[str, Any]:
             "audit_records": settings.audit_records,
             "curve_runs": settings.curve_runs,
             "workers": settings.workers,
+            "provider_workers": settings.provider_workers,
+            "many_connections": MANY_CONNECTIONS,
+            "connections_seconds": settings.connections_seconds,
+            "soak_seconds": settings.soak_seconds,
             "parts": list(settings.parts),
             "wrk": settings.wrk,
             "wrk_threads": 1,
@@ -1082,9 +1432,11 @@ def _run(bench: Bench, started_at: datetime) -> dict[str, Any]:
             f"  {appended['cpu_us_per_append']:.0f} us per append with group commit,"
             f" {appended['cpu_us_per_append_one_by_one']:.0f} us one by one"
         )
-    load_parts = {"main", "concurrency", "workers", "payload", "contracts", "audit"}
-    if not load_parts & set(settings.parts):
+    if not LOAD_PARTS & set(settings.parts):
         return results
+    if "connections" in settings.parts:
+        # wrk and the consumer gateway hold a socket per connection, and more.
+        results["settings"]["open_files_limit"] = raise_open_files(4 * MANY_CONNECTIONS + 1024)
     bench.workers_available = workers_support()
     _say("\nStarting the backend, two proxies and two gateways ...")
     bench.start_plain()
@@ -1092,22 +1444,34 @@ def _run(bench: Bench, started_at: datetime) -> dict[str, Any]:
     bench.start_gateways(default)
     check_answers(bench, settings.payload)
     curves: dict[str, Any] = {}
-    if "main" in settings.parts:
-        results["scenarios"] = part_main(bench)
-    if "concurrency" in settings.parts:
-        curves["concurrency"] = part_concurrency(bench)
-    if "workers" in settings.parts:
-        if bench.workers_available is None:
-            curves["workers"] = part_workers(bench, default)
-        else:
-            _say(f"\nWorkers: not measured: {bench.workers_available}")
-            curves["workers"] = {"skipped": bench.workers_available}
-    if "payload" in settings.parts:
-        curves["payload"] = part_payload(bench)
-    if "contracts" in settings.parts:
-        curves["contracts"] = part_contracts(bench, started_at)
-    if "audit" in settings.parts:
-        curves["audit_log"] = part_audit(bench)
+    # Each load part: where its results go, under which key, and what runs it.
+    runners: dict[str, tuple[dict[str, Any], str, Callable[[], Any]]] = {
+        "main": (results, "scenarios", lambda: part_main(bench)),
+        "concurrency": (curves, "concurrency", lambda: part_concurrency(bench)),
+        "workers": (
+            curves,
+            "workers",
+            lambda: _with_workers(bench, "Workers", lambda: part_workers(bench, default)),
+        ),
+        "provider-workers": (
+            curves,
+            "provider_workers",
+            lambda: _with_workers(bench, "Provider workers", lambda: part_provider_workers(bench)),
+        ),
+        "connections": (results, "connections", lambda: part_connections(bench)),
+        "payload": (curves, "payload", lambda: part_payload(bench)),
+        "contracts": (curves, "contracts", lambda: part_contracts(bench, started_at)),
+        "audit": (curves, "audit_log", lambda: part_audit(bench)),
+        "soak": (results, "soak", lambda: part_soak(bench)),
+    }
+    part_seconds: dict[str, float] = {}
+    for part in settings.parts:
+        if part in runners:
+            place, key, runner = runners[part]
+            started = time.perf_counter()
+            place[key] = runner()
+            part_seconds[part] = _rounded(time.perf_counter() - started)
+    results["part_seconds"] = part_seconds
     results["curves"] = curves
     results["gateway_startups"] = bench.startups
     results["quiet_wait_seconds_used"] = _rounded(settings.quiet_wait - bench.quiet_budget)

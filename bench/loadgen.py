@@ -1,9 +1,15 @@
 """Running wrk: one measured load, its results, and what wrk itself cost.
 
-wrk runs as a child process with ``bench/wrk/post.lua``, which builds the
-request once per thread and prints its summary as one JSON line. wrk's own
-CPU time is that child's ``rusage`` (``RUSAGE_CHILDREN`` before and after),
-so the report can show that the load generator is not what limits a run.
+wrk runs as a child process with a script of ``bench/wrk/``: ``post.lua``
+builds one request once per thread (optionally counting every answer by
+status and problem); ``requests.lua`` sends pre-built requests from a file,
+each once. Both print their summary as one JSON line (``common.lua``). wrk's
+own CPU time is that child's ``rusage`` (``RUSAGE_CHILDREN`` before and
+after), so the report can show that the load generator is not what limits a
+run.
+
+A :class:`Load` is what one scenario's runs send: :class:`PostLoad` the same
+request every time; ``bench.sealed.SealedLoad`` requests built before each run.
 """
 
 from __future__ import annotations
@@ -13,12 +19,16 @@ import resource
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-LUA_SCRIPT: Final = Path(__file__).resolve().parent / "wrk" / "post.lua"
+SCRIPTS: Final = Path(__file__).resolve().parent / "wrk"
+POST_SCRIPT: Final = SCRIPTS / "post.lua"
+REQUESTS_SCRIPT: Final = SCRIPTS / "requests.lua"
 MARKER: Final = "BENCH-JSON "
+OK_ANSWER: Final = "200"
 
 
 class LoadError(RuntimeError):
@@ -35,6 +45,10 @@ class LoadResult:
     latency_us: dict[str, float]
     cpu_seconds: float
     wall_seconds: float
+    # Answers by status and problem ("200", "503 overloaded"), where the script counted them.
+    answers: dict[str, int] = field(default_factory=dict)
+    handed_out: int = 0  # requests the script handed out (requests.lua)
+    exhausted: bool = False  # the script ran out of requests: the run is not valid
 
     @property
     def throughput(self) -> float:
@@ -43,8 +57,53 @@ class LoadResult:
 
     @property
     def failed(self) -> int:
-        """Requests that failed: non-2xx/3xx answers, timeouts, socket errors."""
-        return sum(self.errors.values())
+        """Requests that failed: timeouts, socket errors, and answers other than 200 where
+        they were counted (else wrk's own count of statuses above 399)."""
+        sockets = sum(count for name, count in self.errors.items() if name != "status")
+        if self.answers:
+            return sockets + sum(n for key, n in self.answers.items() if key != OK_ANSWER)
+        return sockets + self.errors["status"]
+
+
+class Load(Protocol):
+    """What wrk sends in the runs of one scenario."""
+
+    def prepare(self, seconds: float) -> None:
+        """Get ready for a run of ``seconds`` (before the servers are measured)."""
+
+    def run(self, seconds: float) -> LoadResult:
+        """One wrk run of ``seconds``."""
+
+
+@dataclass
+class PostLoad:
+    """The same POST (body and headers from files) from ``connections`` connections."""
+
+    wrk: str
+    url: str
+    connections: int
+    body: Path
+    headers: Path
+    log: Path | None = None
+    count_answers: bool = False  # one Lua call per answer: only where the split matters
+
+    def prepare(self, seconds: float) -> None:
+        """Nothing to prepare: the request is built once by wrk."""
+
+    def run(self, seconds: float) -> LoadResult:
+        """One run of ``bench/wrk/post.lua``."""
+        arguments = [str(self.body), str(self.headers)]
+        if self.count_answers:
+            arguments.append("count-answers")
+        return run_wrk(
+            self.wrk,
+            self.url,
+            connections=self.connections,
+            seconds=seconds,
+            script=POST_SCRIPT,
+            arguments=arguments,
+            log=self.log,
+        )
 
 
 def find_wrk(name: str) -> str:
@@ -64,12 +123,13 @@ def run_wrk(
     *,
     connections: int,
     seconds: float,
-    body: Path,
-    headers: Path,
+    script: Path,
+    arguments: Sequence[str],
     timeout: float = 30.0,
     log: Path | None = None,
 ) -> LoadResult:
-    """POST ``body`` with ``headers`` to ``url`` from ``connections`` connections (one thread)."""
+    """Run ``script`` with ``arguments`` against ``url`` from ``connections`` connections
+    (one thread)."""
     command = [
         wrk,
         "-t1",
@@ -78,11 +138,10 @@ def run_wrk(
         f"--timeout={max(1, round(timeout))}s",
         "--latency",
         "-s",
-        str(LUA_SCRIPT),
+        str(script),
         url,
         "--",
-        str(body),
-        str(headers),
+        *arguments,
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -111,4 +170,7 @@ def run_wrk(
         latency_us={name: float(value) for name, value in summary["latency_us"].items()},
         cpu_seconds=cpu,
         wall_seconds=wall,
+        answers={key: int(count) for key, count in summary["answers"].items()},
+        handed_out=int(summary["handed_out"]),
+        exhausted=bool(summary["exhausted"]),
     )

@@ -113,6 +113,11 @@ class BenchNetwork:
         return f"http://127.0.0.1:{port}/v1/exchange/{PROVIDER}/{SERVICE}"
 
     @property
+    def service_url(self) -> str:
+        """The service's URL at the provider gateway, where the consumer gateway sends."""
+        return f"http://127.0.0.1:{self.gateway_port(PROVIDER)}/v1/services/{SERVICE}"
+
+    @property
     def client_headers(self) -> dict[str, str]:
         """The client's headers, as in the README's curl tour (sent in A and B too)."""
         return {

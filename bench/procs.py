@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -247,6 +248,29 @@ class Server:
                 os.kill(pid, signal.SIGKILL)
         self.popen = None
         self.members = {}
+
+
+def post(url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
+    """POST ``body`` (JSON unless ``headers`` set another Content-Type); status, headers, body."""
+    request = urllib.request.Request(  # noqa: S310 - loopback URLs we built
+        url, data=body, headers={"Content-Type": "application/json", **headers}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def raise_open_files(wanted: int) -> dict[str, int]:
+    """Raise this process's soft limit of open files towards ``wanted`` (at most the hard
+    limit), so that the servers and wrk started after it inherit it; the limits now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return {"soft": soft, "hard": hard}
 
 
 def cpu_delta(

@@ -15,12 +15,20 @@ within each round, so a drifting machine weighs on all three):
 - ``workers2_over_workers1``: the median throughput of C with both gateways
   at ``--workers 2`` over the median of the main C rounds (``null``, with
   the reason beside it, where ``gateway serve`` has no ``--workers``).
+- ``provider_workers2_over_workers1``: the provider gateway alone (P), its
+  throughput at ``--workers 2`` over ``--workers 1`` in the same round, the
+  median over rounds (``provider_workersN_over_workers1`` for another N).
+
+Beside them: each gateway's peak RSS at 1,000 connections
+(``connections_1000_gateway_peak_rss_mb``, the larger of the two) and its RSS
+growth over the soak (``soak_gateway_rss_growth_percent``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import operator
 import statistics
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -33,16 +41,21 @@ TARGETS: Final = {
     "crypto_share": (">=", 0.6),
     "p99_over_p50": ("<=", 2.5),
     "workers2_over_workers1": (">=", 1.8),
+    "provider_workers2_over_workers1": (">=", 1.8),
     "contracts_10000_over_10_throughput": (">=", 0.95),
     "audit_1e6_over_0_throughput": (">=", 0.90),
     "largest_payload_peak_over_payload": ("<=", 6.0),
+    "connections_1000_gateway_peak_rss_mb": ("<", 150.0),
+    "soak_gateway_rss_growth_percent": ("<", 5.0),
 }
+_COMPARE: Final = {"<": operator.lt, "<=": operator.le, ">=": operator.ge}
 HEADLINE: Final = (
     "c_over_b_throughput",
     "c_cpu_over_limit",
     "crypto_share",
     "p99_over_p50",
     "workers2_over_workers1",
+    "provider_workers2_over_workers1",
 )
 HOP_NAMES: Final = ("proxy-1", "proxy-2", "consumer-gw", "provider-gw")
 SECONDARY: Final = (
@@ -52,7 +65,12 @@ SECONDARY: Final = (
     "audit_1e6_over_0_cpu",
     "largest_payload_peak_over_payload",
     "gateway_peak_rss_mb",
+    "connections_1000_gateway_peak_rss_mb",
+    "connections_1000_overloaded_share",
+    "soak_gateway_rss_growth_percent",
+    "soak_gateway_rss_growth_settled_percent",
 )
+GATEWAY_NAMES: Final = ("consumer-gw", "provider-gw")
 
 
 def _r(value: float, digits: int = 4) -> float:
@@ -198,6 +216,8 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         )
     elif "workers2_over_workers1" not in reasons:
         reasons["workers2_over_workers1"] = "the workers part was not run"
+    _provider_workers(curves.get("provider_workers"), figures, reasons)
+    _memory_figures(results, figures)
     for key, member, prefix in (
         ("contracts", "contracts", "contracts"),
         ("audit_log", "audit_records", "audit"),
@@ -216,10 +236,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     memory = [r for r in curves.get("payload") or [] if r.get("memory_run")]
     if memory:
         largest = memory[0]
-        growth = max(
-            largest["processes"][name]["peak_over_before_mb"]
-            for name in ("consumer-gw", "provider-gw")
-        )
+        growth = max(largest["processes"][name]["peak_over_before_mb"] for name in GATEWAY_NAMES)
         figures["largest_payload_peak_over_payload"] = _r(
             growth * 2**20 / largest["payload_bytes"], 3
         )
@@ -228,14 +245,16 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         result["processes"][name]["peak_rss_sum_mb"]
         for result in _all_runs(results)
         if result.get("scenario") == "C"
-        for name in ("consumer-gw", "provider-gw")
+        for name in GATEWAY_NAMES
         if name in result["processes"]
     ]
     if peaks:
         figures["gateway_peak_rss_mb"] = max(peaks)
     machine = results.get("machine", {})
     ordered: dict[str, Any] = {
-        key: results[key] for key in ("benchmark", "started_at", "quick", "runtime_s")
+        key: results[key]
+        for key in ("benchmark", "started_at", "quick", "partial", "runtime_s")
+        if key in results
     }
     ordered.update(figures)
     if reasons:
@@ -244,9 +263,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         name: {
             "target": f"{op} {bound}",
             "value": figures.get(name),
-            "met": None
-            if figures.get(name) is None
-            else (figures[name] <= bound if op == "<=" else figures[name] >= bound),
+            "met": None if figures.get(name) is None else _COMPARE[op](figures[name], bound),
         }
         for name, (op, bound) in TARGETS.items()
         if name in figures or name in HEADLINE
@@ -255,6 +272,65 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     ordered["python"] = machine.get("python")
     ordered.update({key: value for key, value in results.items() if key not in ordered})
     return ordered
+
+
+def provider_rounds(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per round of P: each --workers count's throughput and N over 1."""
+    rounds: dict[int, dict[int, float]] = {}
+    for run in runs:
+        rounds.setdefault(run["round"], {})[run["workers"]] = run["throughput_rps"]
+    rows = []
+    for number, by_workers in sorted(rounds.items()):
+        most = max(by_workers)
+        if 1 in by_workers and most > 1:
+            rows.append(
+                {
+                    "round": number,
+                    "workers": most,
+                    "rps": {str(count): rps for count, rps in sorted(by_workers.items())},
+                    "ratio": _r(by_workers[most] / by_workers[1]),
+                }
+            )
+    return rows
+
+
+def _provider_workers(
+    runs: list[dict[str, Any]] | dict[str, Any] | None,
+    figures: dict[str, Any],
+    reasons: dict[str, str],
+) -> None:
+    """``provider_workersN_over_workers1``: the median of the per-round ratios of P."""
+    name = "provider_workers2_over_workers1"
+    if isinstance(runs, dict) and "skipped" in runs:
+        reasons[name] = runs["skipped"]
+        return
+    rows = provider_rounds(runs if isinstance(runs, list) else [])
+    if not rows:
+        reasons[name] = "the provider-workers part was not run"
+        return
+    measured = f"provider_workers{rows[0]['workers']}_over_workers1"
+    figures[measured] = _median([row["ratio"] for row in rows])
+    figures[f"{measured}_rounds"] = [row["ratio"] for row in rows]
+    if measured != name:
+        reasons[name] = f"measured at --workers {rows[0]['workers']}: see {measured}"
+
+
+def _memory_figures(results: dict[str, Any], figures: dict[str, Any]) -> None:
+    """The gateways' peak RSS at 1,000 connections and RSS growth over the soak."""
+    connections = results.get("connections")
+    if connections:
+        peaks = connections["peak_rss_mb"]
+        figures["connections_1000_gateway_peak_rss_mb"] = max(peaks[name] for name in GATEWAY_NAMES)
+        figures["connections_1000_overloaded_share"] = connections["answer_split"][
+            "overloaded_share"
+        ]
+    soak = results.get("soak")
+    if soak:
+        growth = [soak["rss"][name] for name in GATEWAY_NAMES]
+        figures["soak_gateway_rss_growth_percent"] = max(g["growth_percent"] for g in growth)
+        settled = [g["settled"]["growth_percent"] for g in growth if "settled" in g]
+        if settled:
+            figures["soak_gateway_rss_growth_settled_percent"] = max(settled)
 
 
 def _exp(count: int) -> str:
@@ -401,8 +477,9 @@ def print_report(results: dict[str, Any]) -> None:
     )
     crypto = results.get("crypto")
     if crypto:
-        _say("\nF: crypto of one exchange (2 signs, 3 verifies, 2 JWE seals, 2 JWE opens)")
+        _say("\nF: crypto of one exchange (2 signs, 2 verifies, 2 JWE seals, 2 JWE opens)")
         project, floor = crypto["project"], crypto["floor"]
+        with_token = crypto.get("floor_with_token_verify")
         _say(
             table(
                 ("path", "CPU us/exchange", "min", "max"),
@@ -418,6 +495,18 @@ def print_report(results: dict[str, Any]) -> None:
                         floor["cpu_us_per_exchange"],
                         floor["cpu_us_min"],
                         floor["cpu_us_max"],
+                    ),
+                    *(
+                        [
+                            (
+                                "floor + token signature check",
+                                with_token["cpu_us_per_exchange"],
+                                with_token["cpu_us_min"],
+                                with_token["cpu_us_max"],
+                            )
+                        ]
+                        if with_token
+                        else []
                     ),
                 ],
             )
@@ -507,12 +596,16 @@ def print_report(results: dict[str, Any]) -> None:
             if "skipped" in result:
                 _say(f"  {_size(result['payload_bytes'])}: skipped: {result['skipped']}")
         _say(table(RUN_HEADERS, _run_rows(curve, first)))
+    _print_provider_workers(curves.get("provider_workers"))
+    _print_connections(results.get("connections"))
+    _print_soak(results.get("soak"))
     _say("\nHeadline (targets of issue 5)")
     targets = results.get("targets", {})
     curve_ratios = [
         name
         for name in results
-        if name.startswith(("contracts_", "audit_")) and name.endswith(("_throughput", "_cpu"))
+        if (name.startswith(("contracts_", "audit_")) and name.endswith(("_throughput", "_cpu")))
+        or name.startswith("provider_workers")
     ]
     for name in dict.fromkeys((*HEADLINE, *curve_ratios, *SECONDARY)):
         if name not in results:
@@ -528,14 +621,111 @@ def print_report(results: dict[str, Any]) -> None:
     _say(f"  runtime_s: {results['runtime_s']}")
 
 
+def _print_provider_workers(runs: list[dict[str, Any]] | dict[str, Any] | None) -> None:
+    """P's runs: the provider gateway alone at --workers 1 and N."""
+    if not isinstance(runs, list):
+        return
+    _say("\nProvider gateway alone (P: wrk -> provider -> backend, sealed requests)")
+    rows = []
+    for run in runs:
+        provider, backend = run["processes"]["provider-gw"], run["processes"]["backend"]
+        rows.append(
+            (
+                run["round"],
+                run["workers"],
+                run["throughput_rps"],
+                run["latency_ms"]["p50"],
+                run["latency_ms"]["p99"],
+                provider["cpu_us_per_request"],
+                provider["cores_busy"],
+                backend["cpu_us_per_request"],
+                run["wrk"]["share_of_machine"],
+                run["machine_busy_share"],
+                run["other_cores_busy"],
+                run["failed"],
+            )
+        )
+    headers = (
+        *("round", "workers", "req/s", "p50 ms", "p99 ms", "provider us/req", "provider cores"),
+        *("backend us/req", "wrk/mach", "busy", "other", "failed"),
+    )
+    _say(table(headers, rows))
+    for row in provider_rounds(runs):
+        _say(f"  round {row['round']}: --workers {row['workers']} / 1 = {row['ratio']}")
+
+
+def _print_connections(result: dict[str, Any] | None) -> None:
+    """C at 1,000 connections: answers by kind, latency, peak RSS of each process."""
+    if not result:
+        return
+    split = result["answer_split"]
+    _say(f"\nC at {result['connections']:,} connections ({result['seconds']:.0f} s)")
+    _say(
+        table(
+            ("answers", "count", "per s", "share"),
+            [
+                ("200", split["ok"], split["ok_rps"], split["ok_share"]),
+                (
+                    "503 overloaded",
+                    split["overloaded"],
+                    split["overloaded_rps"],
+                    split["overloaded_share"],
+                ),
+                ("other", split["other"], None, None),
+            ],
+        )
+    )
+    if split["other"]:
+        _say(f"  other: {split['other_answers']}, socket errors {split['socket_errors']}")
+    latency = result["latency_ms"]
+    peaks = ", ".join(f"{name} {mb:.0f} MB" for name, mb in result["peak_rss_mb"].items())
+    _say(
+        f"  all answers: p50 {latency['p50']} ms, p99 {latency['p99']} ms; peak RSS {peaks};"
+        f" busy {result['machine_busy_share']}, other {result['other_cores_busy']} cores"
+    )
+
+
+def _print_soak(result: dict[str, Any] | None) -> None:
+    """The soak: RSS samples and each process's growth."""
+    if not result:
+        return
+    names = list(result["rss"])
+    _say(
+        f"\nSoak: C at c={result['connections']} for {result['seconds']:.0f} s,"
+        f" {result['throughput_rps']} req/s; RSS (MB) every {result['rss_sample_every_s']:.0f} s"
+    )
+    _say(
+        table(
+            ("at s", *names),
+            [[f"{s['at_s']:.0f}", *(s[n] for n in names)] for s in result["rss_samples"]],
+        )
+    )
+    for name, growth in result["rss"].items():
+        settled = growth.get("settled")
+        after = (
+            f"; from {settled['from_s']:.0f} s (replay window full)"
+            f" {settled['start_mb']} -> {settled['end_mb']} MB ({settled['growth_percent']} %),"
+            f" trend {settled['trend_mb_per_10_min']} MB"
+            if settled
+            else ""
+        )
+        _say(
+            f"  {name}: {growth['start_mb']} -> {growth['end_mb']} MB"
+            f" ({growth['growth_percent']} %), trend {growth['trend_mb_per_10_min']} MB"
+            f" per 10 min, max {growth['max_mb']} MB{after}"
+        )
+    _say(f"  busy {result['machine_busy_share']}, other {result['other_cores_busy']} cores")
+
+
 def write_results(results: dict[str, Any], output: Path) -> tuple[Path, Path]:
-    """``latest.json`` and a dated copy (``quick-latest.json`` for ``--quick`` runs)."""
+    """``latest.json`` and a dated copy; ``quick-`` for ``--quick`` runs and ``only-`` for
+    runs of other parts than the default set, so neither replaces a full run's figures."""
     output.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=2) + "\n"
     stamp = datetime.strptime(results["started_at"], "%Y-%m-%dT%H:%M:%SZ")
-    kind = "exchange-quick" if results["quick"] else "exchange"
-    dated = output / f"{kind}-{stamp:%Y%m%d-%H%M%S}.json"
-    latest = output / ("quick-latest.json" if results["quick"] else "latest.json")
+    prefix = ("quick-" if results["quick"] else "") + ("only-" if results.get("partial") else "")
+    dated = output / f"exchange-{prefix}{stamp:%Y%m%d-%H%M%S}.json"
+    latest = output / f"{prefix}latest.json"
     dated.write_text(text)
     latest.write_text(text)
     return latest, dated
