@@ -1072,20 +1072,35 @@ def part_contracts(bench: Bench, now: datetime) -> list[dict[str, Any]]:
         signing = ensure_contract_set(bench.network, count, now)
         if signing > 0.5:
             _say(f"  signed filler contracts up to {count - 1:,} in {signing:.1f} s")
-        ready = bench.start_gateways(Variant(contracts=count))
-        for run in range(settings.curve_runs):
-            result = measure(
-                bench,
-                "C",
-                connections=settings.concurrency,
-                payload=settings.payload,
-                seconds=settings.curve_seconds,
-                warmup=settings.warmup if run == 0 else 0.0,
-                label=f"{count:,} contracts",
-            )
-            result["contracts"] = count
-            result["ready_seconds"] = _rounded_map(ready)
-            results.append(result)
+        results += _curve_point(
+            bench, Variant(contracts=count), f"{count:,} contracts", {"contracts": count}
+        )
+    return results
+
+
+def _curve_point(
+    bench: Bench, variant: Variant, label: str, extra: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """C at the main concurrency and payload on fresh gateways of ``variant``, ``curve_runs`` times.
+
+    Each result also holds ``extra`` and how long the gateways took to be ready.
+    """
+    settings = bench.settings
+    ready = bench.start_gateways(variant)
+    results = []
+    for run in range(settings.curve_runs):
+        result = measure(
+            bench,
+            "C",
+            connections=settings.concurrency,
+            payload=settings.payload,
+            seconds=settings.curve_seconds,
+            warmup=settings.warmup if run == 0 else 0.0,
+            label=label,
+        )
+        result.update(extra)
+        result["ready_seconds"] = _rounded_map(ready)
+        results.append(result)
     return results
 
 
@@ -1124,20 +1139,12 @@ def part_audit(bench: Bench) -> list[dict[str, Any]]:
     _say(f"  built and copied in {build_seconds:.0f} s ({built['database_bytes'] / 1e9:.2f} GB)")
     results = []
     for records_count, db in ((0, "audit-empty.db"), (total, name)):
-        ready = bench.start_gateways(Variant(audit_db=db))
-        for run in range(settings.curve_runs):
-            result = measure(
-                bench,
-                "C",
-                connections=settings.concurrency,
-                payload=settings.payload,
-                seconds=settings.curve_seconds,
-                warmup=settings.warmup if run == 0 else 0.0,
-                label=f"{records_count:,} records",
-            )
-            result["audit_records"] = records_count
-            result["ready_seconds"] = _rounded_map(ready)
-            results.append(result)
+        results += _curve_point(
+            bench,
+            Variant(audit_db=db),
+            f"{records_count:,} records",
+            {"audit_records": records_count},
+        )
     bench.stop_gateways()
     for agency in (CONSUMER, PROVIDER):
         for suffix in ("", "-wal", "-shm"):
