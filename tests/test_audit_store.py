@@ -494,6 +494,23 @@ class TestLogOverStore:
 class TestStoreInterface:
     """Both stores answer the AuditStore calls alike."""
 
+    async def test_batch_larger_than_one_insert_statement(self, store_url: str) -> None:
+        """A batch of 300 (SQLite: several multi-row statements) lands whole, in order, hashed."""
+        async with opened_store(store_url) as store:
+            entries = [PendingEntry(make_record(n), record_time(T0)) for n in range(300)]
+            assert await store.append_batch(entries[:1]) == 0
+            assert await store.append_batch(entries[1:]) == 1
+            leaves = await all_leaves(store)
+            assert [leaf.index for leaf in leaves] == list(range(300))
+            for leaf, entry in zip(leaves, entries, strict=True):
+                assert leaf.leaf == entry.record.at_index(leaf.index).leaf_bytes()
+                assert leaf.leaf_hash == leaf_hash(leaf.leaf)
+            # Every pair of leaves has its level-1 node, and the deepest full subtree its root.
+            level1 = await store.nodes(1, 0, 150)
+            hashes = [leaf.leaf_hash for leaf in leaves]
+            assert level1 == [(i, node_hash(hashes[2 * i], hashes[2 * i + 1])) for i in range(150)]
+            assert len(await store.nodes(8, 0, 2)) == 1
+
     async def test_reads(self, store_url: str) -> None:
         """size, count, leaves, nodes and hashes of a store of 6 leaves."""
         async with opened_store(store_url) as store:
