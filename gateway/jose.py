@@ -16,7 +16,6 @@ trusts a header to choose a key or an algorithm.
 
 from __future__ import annotations
 
-import binascii
 import json
 import os
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -45,6 +44,7 @@ from gateway.keys import (
     PublicKey,
     PublicKeyObject,
     b64url,
+    b64url_ascii,
     b64url_decode,
 )
 
@@ -273,19 +273,12 @@ def _segment(text: str, bounds: _Bounds) -> str:
 _ENCODE_SLICE_BYTES: Final = 3 * 64 * 1024
 _DECODE_SLICE_CHARS: Final = 4 * 64 * 1024
 
-# binascii's standard base64 to base64url (its padding is deleted separately).
-_STANDARD_TO_B64URL: Final = bytes.maketrans(b"+/", b"-_")
 _DOT: Final = ord(".")
 
 
 def _b64url_length(size: int) -> int:
     """The length of the unpadded base64url text of ``size`` bytes."""
     return (4 * size + 2) // 3
-
-
-def _b64url_ascii(data: _Buffer) -> bytes:
-    """:func:`b64url` as ASCII bytes."""
-    return binascii.b2a_base64(data, newline=False).translate(_STANDARD_TO_B64URL, b"=")
 
 
 def _b64url_compact(*parts: _Buffer, first: bytes = b"") -> bytes | bytearray:
@@ -297,7 +290,7 @@ def _b64url_compact(*parts: _Buffer, first: bytes = b"") -> bytes | bytearray:
     head = [first] if first else []
     if sum(map(len, parts)) <= _ENCODE_SLICE_BYTES:
         # Small parts: a join is fastest, and its copies are small.
-        return b".".join(head + [_b64url_ascii(part) for part in parts])
+        return b".".join(head + [b64url_ascii(part) for part in parts])
     # Large ones are encoded a slice at a time straight into one buffer of
     # the exact size: no temporary of a part's size, no copy to join (memory).
     dots = len(head) + len(parts) - 1
@@ -309,7 +302,7 @@ def _b64url_compact(*parts: _Buffer, first: bytes = b"") -> bytes | bytearray:
             compact[at] = _DOT
             at += 1
         for start in range(0, len(part), _ENCODE_SLICE_BYTES):
-            encoded = _b64url_ascii(part[start : start + _ENCODE_SLICE_BYTES])
+            encoded = b64url_ascii(part[start : start + _ENCODE_SLICE_BYTES])
             compact[at : at + len(encoded)] = encoded
             at += len(encoded)
     return compact
@@ -476,7 +469,7 @@ def sign_jws(payload: bytes, key: PrivateKey, typ: str) -> str:
     # a caller's temporary payload (sign_jwt's), then the signing input.
     del payload
     signature = _SIGNERS[key.alg].sign(signing_input, key.key)
-    compact = b".".join((signing_input, _b64url_ascii(signature)))
+    compact = b".".join((signing_input, b64url_ascii(signature)))
     del signing_input
     return compact.decode("ascii")
 
@@ -560,7 +553,7 @@ def encrypt(plaintext: bytes, recipient: PublicKey, typ: str) -> str:
         "typ": typ,
         "epk": epk,
     }
-    protected = _b64url_ascii(canonical_json(header))
+    protected = b64url_ascii(canonical_json(header))
     cek = os.urandom(_CEK_BYTES)
     iv = os.urandom(_IV_BYTES)
     encrypted_key = aes_key_wrap(_key_encryption_key(shared, _OTHER_INFO), cek)

@@ -48,17 +48,17 @@ MAX_JWKS_KEYS = 32
 _STANDARD_TO_B64URL: Final = bytes.maketrans(b"+/", b"-_")
 
 
+def b64url_ascii(data: bytes | bytearray | memoryview) -> bytes:
+    """:func:`b64url` as ASCII bytes (for building compact serializations)."""
+    # One translation both maps the alphabet and drops the padding: a large
+    # value is copied once before its text, not twice as with
+    # urlsafe_b64encode and rstrip.
+    return binascii.b2a_base64(data, newline=False).translate(_STANDARD_TO_B64URL, b"=")
+
+
 def b64url(data: bytes) -> str:
     """Base64url without padding (RFC 7515 section 2)."""
-    # One translation both maps the alphabet and drops the padding: a large
-    # value is copied twice before its text, not three times as with
-    # urlsafe_b64encode and rstrip; chained, each copy is freed once the next
-    # is made.
-    return (
-        binascii.b2a_base64(data, newline=False)
-        .translate(_STANDARD_TO_B64URL, b"=")
-        .decode("ascii")
-    )
+    return b64url_ascii(data).decode("ascii")
 
 
 _B64URL_TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
