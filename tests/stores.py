@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 import pytest
 
 from gateway.audit.log import AuditLog, CheckpointPolicy
-from gateway.audit.merkle import node_hash
+from gateway.audit.merkle import border_nodes, node_hash, root_from_border
 from gateway.audit.note import NoteSigner
 from gateway.audit.records import AuditRecord, Pseudonymizer, new_record_identity, record_time
 from gateway.audit.store import AuditStore, SqliteAuditStore, StoredLeaf, open_store
@@ -274,6 +275,27 @@ async def heal_writes(log: AuditLog, url: str) -> None:
             await db.execute(f"ALTER TABLE audit_leaves DROP CONSTRAINT {PG_REFUSE}")
 
 
+@contextlib.asynccontextmanager
+async def sequencer_held(url: str) -> AsyncIterator[None]:
+    """Hold the store's sequencer from a connection of its own, as another writer would.
+
+    SQLite: the file's write lock (``BEGIN IMMEDIATE``); PostgreSQL: the log's
+    advisory lock. A store's append waits for it (SQLite: up to its 5 s busy timeout).
+    """
+    async with raw_db(url) as db:
+        if is_sqlite(url):
+            await db.execute("BEGIN IMMEDIATE")
+        else:
+            from gateway.audit.postgres import SEQUENCER_LOCK_KEY
+
+            await db.execute("BEGIN")
+            await db.execute("SELECT pg_advisory_xact_lock(?)", SEQUENCER_LOCK_KEY)
+        try:
+            yield
+        finally:
+            await db.execute("ROLLBACK")
+
+
 async def _sqlite_writer_pragma(log: AuditLog, pragma: str) -> None:
     store = log.store
     assert isinstance(store, SqliteAuditStore)
@@ -281,6 +303,33 @@ async def _sqlite_writer_pragma(log: AuditLog, pragma: str) -> None:
     conn = store._write_conn
     assert conn is not None
     await asyncio.get_running_loop().run_in_executor(store._writer, conn.execute, pragma)
+
+
+# -- checking a stored tree ------------------------------------------------------
+
+
+async def check_tree(store: AuditStore, size: int) -> list[bytes]:
+    """Assert ``store`` holds one contiguous, consistent tree of ``size`` leaves."""
+    assert await store.size() == size
+    assert await store.count() == size
+    leaves = await store.leaves(0, size)
+    assert [leaf.index for leaf in leaves] == list(range(size))
+    hashes = []
+    for leaf in leaves:
+        assert leaf.leaf is not None
+        assert leaf.leaf_hash == hashlib.sha256(b"\x00" + leaf.leaf).digest()
+        assert json.loads(leaf.leaf)["index"] == leaf.index
+        hashes.append(leaf.leaf_hash)
+    keys = border_nodes(size)
+    found = await store.hashes(keys)
+    assert root_from_border([found[key] for key in keys]) == mth(hashes)
+    # Every perfect subtree the tree has is stored once, with the right hash.
+    for level in range(1, size.bit_length()):
+        width = 1 << level
+        expected = [(i, mth(hashes[i * width : (i + 1) * width])) for i in range(size >> level)]
+        assert await store.nodes(level, 0, size) == expected
+    assert await store.nodes(size.bit_length(), 0, size) == []
+    return hashes
 
 
 # -- RFC 9162 section 2.1, written out naively as the reference ------------------
@@ -345,6 +394,7 @@ __all__ = [
     "all_leaves",
     "append_all",
     "break_writes",
+    "check_tree",
     "heal_writes",
     "is_sqlite",
     "logs",
@@ -356,5 +406,6 @@ __all__ = [
     "nodes_of",
     "opened_store",
     "raw_db",
+    "sequencer_held",
     "store_url",
 ]

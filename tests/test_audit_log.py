@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Sequence
 
 import pytest
@@ -45,6 +46,7 @@ from tests.stores import (
     naive_path,
     opened_store,
     raw_db,
+    sequencer_held,
     store_url,
 )
 
@@ -52,16 +54,18 @@ __all__ = ["logs", "store_url"]  # fixtures used by name
 
 
 def count_batches(log: AuditLog) -> list[int]:
-    """Wrap the store's ``append_batch``: the returned list gets each batch's size."""
-    calls: list[int] = []
-    original = log.store.append_batch
+    """The returned list gets the size of each batch the log commits, as its observer hears."""
+    sizes: list[int] = []
 
-    async def counting(entries: Sequence[PendingEntry]) -> int:
-        calls.append(len(entries))
-        return await original(entries)
+    class Counting:
+        def audit_committed(self, waits: Sequence[float]) -> None:
+            sizes.append(len(waits))
 
-    log.store.append_batch = counting  # type: ignore[method-assign]
-    return calls
+        def audit_store_error(self) -> None:
+            pass
+
+    log.observer = Counting()
+    return sizes
 
 
 async def checkpoints_after_close(url: str) -> list[StoredCheckpoint]:
@@ -110,29 +114,31 @@ class TestAppend:
     async def test_appends_during_a_commit_share_the_next(
         self, store_url: str, logs: LogFactory
     ) -> None:
-        """While one transaction commits, new appends wait and then go in one transaction."""
+        """While one transaction waits for the sequencer, new appends queue for the next one."""
         log = await logs(store_url, every_records=10_000)
-        calls: list[int] = []
-        entered, gate = asyncio.Event(), asyncio.Event()
-        original = log.store.append_batch
+        batches = count_batches(log)
+        taken: list[int] = []
+        first_taken = threading.Event()  # the store may take batches on its own thread
+        take = log.take
 
-        async def held(entries: Sequence[PendingEntry]) -> int:
-            calls.append(len(entries))
-            if len(calls) == 1:
-                entered.set()
-                await gate.wait()
-            return await original(entries)
+        def counting_take() -> list[PendingEntry]:
+            entries = take()
+            if entries:
+                taken.append(len(entries))
+                first_taken.set()
+            return entries
 
-        log.store.append_batch = held  # type: ignore[method-assign]
-        first = asyncio.create_task(log.append(make_record(0)))
-        await entered.wait()
-        later = [asyncio.create_task(log.append(make_record(n))) for n in range(1, 51)]
-        await asyncio.sleep(0.01)
-        assert calls == [1]
-        gate.set()
+        log.take = counting_take  # type: ignore[method-assign]
+        async with sequencer_held(store_url):
+            first = asyncio.create_task(log.append(make_record(0)))
+            assert await asyncio.to_thread(first_taken.wait, 5.0)
+            later = [asyncio.create_task(log.append(make_record(n))) for n in range(1, 51)]
+            await asyncio.sleep(0.05)
+            assert taken == [1]
+            assert not first.done()
         assert await first == 0
         assert [await task for task in later] == list(range(1, 51))
-        assert calls == [1, 50]
+        assert taken == batches == [1, 50]
 
     async def test_more_than_one_batch(self, store_url: str, logs: LogFactory) -> None:
         """More concurrent appends than one batch holds are split, all committed contiguously."""

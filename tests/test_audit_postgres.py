@@ -35,6 +35,7 @@ from gateway.audit.store import (
     open_store,
 )
 from gateway.errors import SetupError
+from tests.stores import check_tree
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "s3cr3t-Pa55word"
@@ -74,30 +75,6 @@ def mth(hashes: Sequence[bytes]) -> bytes:
         return hashes[0]
     split = 1 << ((len(hashes) - 1).bit_length() - 1)
     return hashlib.sha256(b"\x01" + mth(hashes[:split]) + mth(hashes[split:])).digest()
-
-
-async def check_tree(store: PostgresAuditStore, size: int) -> list[bytes]:
-    """Assert ``store`` holds one contiguous, consistent tree of ``size`` leaves."""
-    assert await store.size() == size
-    assert await store.count() == size
-    leaves = await store.leaves(0, size)
-    assert [leaf.index for leaf in leaves] == list(range(size))
-    hashes = []
-    for leaf in leaves:
-        assert leaf.leaf is not None
-        assert leaf.leaf_hash == hashlib.sha256(b"\x00" + leaf.leaf).digest()
-        assert json.loads(leaf.leaf)["index"] == leaf.index
-        hashes.append(leaf.leaf_hash)
-    keys = border_nodes(size)
-    found = await store.hashes(keys)
-    assert root_from_border([found[key] for key in keys]) == mth(hashes)
-    # Every perfect subtree the tree has is stored once, with the right hash.
-    for level in range(1, size.bit_length()):
-        width = 1 << level
-        expected = [(i, mth(hashes[i * width : (i + 1) * width])) for i in range(size >> level)]
-        assert await store.nodes(level, 0, size) == expected
-    assert await store.nodes(size.bit_length(), 0, size) == []
-    return hashes
 
 
 def assert_partition(placed: Sequence[tuple[int, int]], size: int) -> None:
@@ -584,13 +561,22 @@ class TestFailures:
     async def test_missing_border_node(
         self, store: PostgresAuditStore, postgres_store_url: str, admin: asyncpg.Connection
     ) -> None:
-        """A store whose tree lost a node refuses to append rather than build a wrong tree."""
+        """A store whose tree lost a node refuses to append rather than build a wrong tree.
+
+        The writer that built the tree keeps its border in memory; another
+        writer (here a second store, as another worker) reads it and refuses.
+        """
         await store.append_batch(entries(0, 4))
         await admin.execute(
             f"DELETE FROM {schema_of(postgres_store_url)}.audit_nodes"  # noqa: S608
         )
-        with pytest.raises(AuditStoreError, match="border node"):
-            await store.append_batch(entries(4, 1))
+        other = PostgresAuditStore(postgres_store_url)
+        await other.open()
+        try:
+            with pytest.raises(AuditStoreError, match="border node"):
+                await other.append_batch(entries(4, 1))
+        finally:
+            await other.close()
         assert await store.size() == 4
 
     async def test_closed(self, postgres_store_url: str) -> None:

@@ -54,6 +54,7 @@ from tests.stores import (
     all_leaves,
     append_all,
     break_writes,
+    check_tree,
     heal_writes,
     logs,
     make_log,
@@ -510,6 +511,28 @@ class TestStoreInterface:
             hashes = [leaf.leaf_hash for leaf in leaves]
             assert level1 == [(i, node_hash(hashes[2 * i], hashes[2 * i + 1])) for i in range(150)]
             assert len(await store.nodes(8, 0, 2)) == 1
+
+    async def test_two_writers_take_turns(self, store_url: str) -> None:
+        """Two stores on one log, appending in turns, build one tree.
+
+        A store appending right after itself uses the border it remembers; after
+        the other store it reads the border back. A store that must read a lost
+        border node refuses to append rather than build a wrong tree.
+        """
+        async with opened_store(store_url) as first, opened_store(store_url) as second:
+            turns = [first, first, second, first, second, second, second, first]
+            size = 0
+            for turn, writer in enumerate(turns):
+                count = 1 + turn % 3
+                batch = [PendingEntry(make_record(size + n), None) for n in range(count)]
+                assert await writer.append_batch(batch) == size
+                size += count
+            await check_tree(first, size)
+            async with raw_db(store_url) as db:
+                await db.execute("DELETE FROM audit_nodes")
+            with pytest.raises(AuditStoreError, match="border node"):
+                await second.append_batch([PendingEntry(make_record(size), None)])
+            assert await second.size() == size
 
     async def test_reads(self, store_url: str) -> None:
         """size, count, leaves, nodes and hashes of a store of 6 leaves."""

@@ -27,12 +27,12 @@ import aiohttp
 import pytest
 
 from gateway import cli
-from gateway.audit.store import AuditStoreError
 from gateway.demo import scenario
 from gateway.demo.backends import PEOPLE
 from gateway.demo.network import AGENCY_NAMES, BENEFITS, POPULATION, TAX, build_network
 from gateway.observability import configure_logging, get_logger
 from tests.conftest import LiveNetwork, live_network
+from tests.stores import break_writes
 from tests.test_readyz import gateway_in_process
 from tests.wire import END_USER, Peer, audit_path, audit_records, get
 
@@ -298,10 +298,7 @@ async def test_audit_unavailable_is_logged_once(
         token = await peer.token(served.session)
         sealed = peer.seal(peer.claims(token, served.net.demo["subjects"][0]))
 
-        async def refuse(*args: Any, **kwargs: Any) -> Any:
-            raise AuditStoreError("the disk is full")
-
-        monkeypatch.setattr(served.runtime.audit.store, "append_batch", refuse)
+        await break_writes(served.runtime.audit, served.runtime.settings.audit.store)
         refused_token = await peer.token_request(served.session)
         refused_exchange = await peer.send(served.session, sealed.jwe, token)
     assert refused_token.status == refused_exchange.status == 503

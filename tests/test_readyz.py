@@ -24,13 +24,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.audit.store import AuditStoreError
 from gateway.config import load_settings
 from gateway.demo import demo_registry
 from gateway.demo.network import BENEFITS, TAX, build_network
@@ -38,6 +37,7 @@ from gateway.keys import AgencyKeys, generate_private_keys
 from gateway.runtime import Runtime, build_runtime
 from gateway.web.app import create_app
 from tests.conftest import LiveNetwork, free_port_base
+from tests.stores import break_writes, heal_writes
 from tests.wire import Answer, Peer, get, republish_registry
 
 READY: Final = {"status": "ready", "problems": {}}
@@ -189,16 +189,12 @@ async def test_encryption_key_not_in_registry(gateway: Gateway) -> None:
 async def test_audit_store_failing(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed commit makes the gateway not ready; the next good commit makes it ready."""
     peer = Peer(gateway.net)
-    store = gateway.runtime.audit.store
-
-    async def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise AuditStoreError("the disk is full")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(store, "append_batch", refuse)
-        answer = await peer.token_request(gateway.session)
-        assert answer.status == 503
-        await gateway.assert_not_ready("audit", "cannot be written")
+    log, url = gateway.runtime.audit, gateway.runtime.settings.audit.store
+    await break_writes(log, url)
+    answer = await peer.token_request(gateway.session)
+    assert answer.status == 503
+    await gateway.assert_not_ready("audit", "cannot be written")
+    await heal_writes(log, url)
     # Nothing is written until the next request: still not ready.
     await gateway.assert_not_ready("audit")
     assert (await peer.token_request(gateway.session)).status == 200

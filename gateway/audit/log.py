@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -84,8 +85,19 @@ class _NoObserver:
         pass
 
 
+# An append waiting to be committed: its entry, the future its caller awaits, and
+# its perf_counter() reading at append().
+_Pending = tuple[PendingEntry, asyncio.Future[int], float]
+
+
 class AuditLog:
-    """One agency's Merkle audit log over an :class:`AuditStore`."""
+    """One agency's Merkle audit log over an :class:`AuditStore`.
+
+    It is the store's :class:`~gateway.audit.store.AppendQueue`: the store's
+    writer takes batches with :meth:`take` and reports each with
+    :meth:`settle`, possibly from its own thread, so those two are
+    thread-safe and hand results back to the event loop.
+    """
 
     def __init__(
         self,
@@ -106,8 +118,12 @@ class AuditLog:
         self._policy = policy or CheckpointPolicy()
         self.clock = clock
         self.observer: AuditObserver = observer or _NoObserver()
-        # Each pending append with its future and its perf_counter() reading at append().
-        self._pending: list[tuple[PendingEntry, asyncio.Future[int], float]] = []
+        # Appends not yet taken by the writer, and the batch it is committing.
+        self._pending: list[_Pending] = []
+        self._taken: list[_Pending] = []
+        self._pending_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._wakeup: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._healthy = True
@@ -131,6 +147,8 @@ class AuditLog:
             await self.store.close()
             raise
         self.opened_at = self.clock()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._wakeup = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._write_loop(self._wakeup), name="audit-writer"),
@@ -216,7 +234,8 @@ class AuditLog:
             raise AuditUnavailable("the audit log is not open")
         entry = PendingEntry(record, self._expiry(record))
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((entry, future, time.perf_counter()))
+        with self._pending_lock:
+            self._pending.append((entry, future, time.perf_counter()))
         self._wakeup.set()
         return await future
 
@@ -229,21 +248,34 @@ class AuditLog:
         while not (self._closing and not self._pending):
             await wakeup.wait()
             wakeup.clear()
-            while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                await self._commit(batch)
+            if self._pending:  # else the writer took them while draining the last time
+                await self.store.append_pending(self)
             if self._since_checkpoint >= self._policy.every_records and not self._closing:
                 await self._safe_checkpoint()
 
-    async def _commit(self, batch: list[tuple[PendingEntry, asyncio.Future[int], float]]) -> None:
-        try:
-            first = await self.store.append_batch([entry for entry, _, _ in batch])
-        except Exception as exc:  # noqa: BLE001 - whatever failed, these records are not durable
+    def take(self) -> list[PendingEntry]:
+        """The next batch to commit (at most :data:`MAX_BATCH`); thread-safe."""
+        with self._pending_lock:
+            self._taken = self._pending[:MAX_BATCH]
+            del self._pending[:MAX_BATCH]
+            return [entry for entry, _, _ in self._taken]
+
+    def settle(self, outcome: int | Exception) -> None:
+        """Hand the outcome of the batch last taken to the event loop; thread-safe."""
+        durable = time.perf_counter()
+        batch, self._taken = self._taken, []
+        if threading.get_ident() == self._loop_thread:
+            self._settled(batch, outcome, durable)
+        elif self._loop is not None:
+            self._loop.call_soon_threadsafe(self._settled, batch, outcome, durable)
+
+    def _settled(self, batch: list[_Pending], outcome: int | Exception, durable: float) -> None:
+        if isinstance(outcome, Exception):
             if self._healthy:
-                if isinstance(exc, AuditStoreError):
-                    self._log.error("audit_store_failed", reason=str(exc), batch=len(batch))
+                if isinstance(outcome, AuditStoreError):
+                    self._log.error("audit_store_failed", reason=str(outcome), batch=len(batch))
                 else:
-                    self._log.exception("audit_store_failed", batch=len(batch))
+                    self._log.error("audit_store_failed", batch=len(batch), exc_info=outcome)
             self._healthy = False
             for _, future, _ in batch:
                 if not future.done():
@@ -255,11 +287,10 @@ class AuditLog:
         self._healthy = True
         self._since_checkpoint += len(batch)
         self.appended += len(batch)
-        self.tree_size = max(self.tree_size, first + len(batch))
-        durable = time.perf_counter()
+        self.tree_size = max(self.tree_size, outcome + len(batch))
         for offset, (_, future, _) in enumerate(batch):
             if not future.done():
-                future.set_result(first + offset)
+                future.set_result(outcome + offset)
         self.observer.audit_committed([durable - appended for _, _, appended in batch])
 
     async def _housekeeping(self) -> None:

@@ -38,11 +38,14 @@ from gateway.audit.merkle import NodeKey, border_nodes, root_from_border
 from gateway.audit.query import RecordQuery
 from gateway.audit.store import (
     LEAF_COLUMNS,
+    AppendQueue,
     AuditStoreError,
+    BorderCache,
     PendingEntry,
     StoredCheckpoint,
     StoredLeaf,
     build_batch,
+    drain_async,
     expire_sql,
     find_sql,
     insert_leaves_sql,
@@ -147,6 +150,7 @@ class PostgresAuditStore:
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
+        self._border_cache = BorderCache()
 
     def __repr__(self) -> str:
         return f"PostgresAuditStore({self._redact(self._url)!r})"
@@ -236,11 +240,19 @@ class PostgresAuditStore:
             async with pool.acquire() as conn, conn.transaction(isolation="read_committed"):
                 await conn.execute(_LOCK_SQL, SEQUENCER_LOCK_KEY)
                 first = int(await conn.fetchval(_SIZE_SQL))
-                border = await self._border(conn, first)
+                border = self._border_cache.get(first)
+                if border is None:
+                    border = await self._border(conn, first)
                 batch = build_batch(first, border, entries)
                 await _insert(conn, "audit_leaves", LEAF_COLUMNS, _INSERT_LEAVES_SQL, batch.leaves)
                 await _insert(conn, "audit_nodes", _NODE_COLUMNS, _INSERT_NODES_SQL, batch.nodes)
+        # Only now is the transaction committed; a failure or cancellation above skips this.
+        self._border_cache.committed(first, batch)
         return first
+
+    async def append_pending(self, queue: AppendQueue) -> None:
+        """Commit ``queue``'s batches, one transaction each, until it is empty."""
+        await drain_async(queue, self.append_batch)
 
     async def add_checkpoint(
         self, sign: Callable[[int, bytes], str], min_size: int = 1

@@ -5,9 +5,11 @@ officer filters on), the perfect subtree hashes of the tree (so a proof or a
 root costs O(log n) reads at any size), and the signed checkpoints.
 
 Every batch is appended in one transaction that holds the log's single
-sequencer (SQLite's write lock here, an advisory lock in PostgreSQL): it reads
-the tree's right border from the store, not from memory, so several writers
-(processes or gateway instances) still produce one contiguous tree.
+sequencer (SQLite's write lock here, an advisory lock in PostgreSQL). Under
+it the store reads the tree's size, and takes the tree's right border from
+the store unless this store itself wrote the tree of exactly that size (the
+:class:`BorderCache`): so several writers (processes or gateway instances)
+still produce one contiguous tree, and a lone writer reads no border at all.
 :func:`build_batch` is the pure part that both stores share.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,10 +128,37 @@ class StoredCheckpoint:
 
 @dataclass(frozen=True)
 class Batch:
-    """The rows one append transaction inserts."""
+    """The rows one append transaction inserts, and the tree's right border after them."""
 
     leaves: list[tuple[object, ...]]
     nodes: list[tuple[int, int, bytes]]
+    border: list[bytes]
+
+
+class BorderCache:
+    """The right border of the tree this store last committed, keyed by its size.
+
+    Trees only grow, and one sequencer orders every writer, so a tree read
+    under the sequencer with the size this store last committed is the tree
+    it committed: its border need not be read back. Any other size (another
+    writer appended) misses, and the border comes from the store.
+    """
+
+    __slots__ = ("_border", "_size")
+
+    def __init__(self) -> None:
+        """An empty cache: the first batch reads its border from the store."""
+        self._size = -1
+        self._border: list[bytes] = []
+
+    def get(self, size: int) -> list[bytes] | None:
+        """The border of the tree of ``size`` leaves, if this store committed that tree."""
+        return self._border if size == self._size else None
+
+    def committed(self, size: int, batch: Batch) -> None:
+        """``batch`` was committed at ``size``: remember the border after it."""
+        self._size = size + len(batch.leaves)
+        self._border = batch.border
 
 
 def build_batch(first: int, border: Sequence[bytes], entries: Sequence[PendingEntry]) -> Batch:
@@ -149,7 +178,35 @@ def build_batch(first: int, border: Sequence[bytes], entries: Sequence[PendingEn
         nodes.extend(tree.push(digest))
         columns = tuple(getattr(record, name) for name in INDEXED_MEMBERS)
         leaves.append((index, digest, leaf, *columns, entry.expires_at))
-    return Batch(leaves, nodes)
+    return Batch(leaves, nodes, tree.border())
+
+
+class AppendQueue(Protocol):
+    """Where a store's writer takes pending appends from and reports each commit.
+
+    Both methods may be called from a store's own writer thread. ``take`` and
+    ``settle`` alternate: each ``settle`` reports the batch of the ``take``
+    before it.
+    """
+
+    def take(self) -> Sequence[PendingEntry]:
+        """The next batch to commit in one transaction; empty when nothing is pending."""
+
+    def settle(self, outcome: int | Exception) -> None:
+        """The last batch taken was committed from index ``outcome``, or failed with it."""
+
+
+async def drain_async(
+    queue: AppendQueue, append_batch: Callable[[Sequence[PendingEntry]], Awaitable[int]]
+) -> None:
+    """Commit ``queue``'s batches one transaction each until it is empty (async stores)."""
+    while entries := queue.take():
+        try:
+            first = await append_batch(entries)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the batch is not durable
+            queue.settle(exc)
+        else:
+            queue.settle(first)
 
 
 # SQL both stores share. Only constant column names and ``mark(n)`` placeholders are
@@ -191,6 +248,12 @@ class AuditStore(Protocol):
 
     async def append_batch(self, entries: Sequence[PendingEntry]) -> int:
         """Append ``entries`` in one transaction under the sequencer; the first index."""
+
+    async def append_pending(self, queue: AppendQueue) -> None:
+        """Commit the batches ``queue`` holds, one transaction each, until it is empty.
+
+        A failed batch is settled with its error and the next one is tried.
+        """
 
     async def size(self) -> int:
         """How many leaves are committed (the next index)."""
@@ -251,6 +314,7 @@ class SqliteAuditStore:
         self._write_conn: sqlite3.Connection | None = None
         self._read_conn: sqlite3.Connection | None = None
         self._closed = False
+        self._border = BorderCache()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -307,12 +371,34 @@ class SqliteAuditStore:
         """Append in one ``BEGIN IMMEDIATE`` transaction; the first index."""
         return await self._run(self._writer, lambda: self._append_sync(entries))
 
+    async def append_pending(self, queue: AppendQueue) -> None:
+        """Commit ``queue``'s batches in the write thread, taking each as the last commits.
+
+        The thread goes straight from one commit to the next batch, so a busy
+        event loop delays only the delivery of results, never the next commit.
+        """
+        await self._run(self._writer, lambda: self._drain_sync(queue))
+
+    def _drain_sync(self, queue: AppendQueue) -> None:
+        while entries := queue.take():
+            try:
+                first = self._append_sync(entries)
+            except (sqlite3.Error, OSError, OverflowError) as exc:
+                queue.settle(AuditStoreError(str(exc)))
+            except Exception as exc:  # noqa: BLE001 - a bug fails this batch, not the writer
+                queue.settle(exc)
+            else:
+                queue.settle(first)
+
     def _append_sync(self, entries: Sequence[PendingEntry]) -> int:
         conn = self._conn(self._write_conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
             first = _sqlite_size(conn)
-            batch = build_batch(first, _sqlite_border(conn, first), entries)
+            border = self._border.get(first)
+            batch = build_batch(
+                first, _sqlite_border(conn, first) if border is None else border, entries
+            )
             conn.executemany(insert_leaves_sql(_sqlite_mark), batch.leaves)
             conn.executemany(
                 "INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)", batch.nodes
@@ -322,6 +408,7 @@ class SqliteAuditStore:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
+        self._border.committed(first, batch)
         return first
 
     async def size(self) -> int:
