@@ -481,6 +481,16 @@ class TestLogOverStore:
         with pytest.raises(AuditUnavailable):
             await log.append(make_record())
 
+    async def test_store_closed_under_an_open_log(self, store_url: str, logs: LogFactory) -> None:
+        """Appends to a log whose store is gone fail with AuditUnavailable, and never hang."""
+        log = await logs(store_url)
+        await log.append(make_record(0))
+        await log.store.close()
+        for number in (1, 2):
+            with pytest.raises(AuditUnavailable):
+                await asyncio.wait_for(log.append(make_record(number)), 10)
+        assert not log.healthy()
+
     async def test_read_after_close(self, store_url: str, logs: LogFactory) -> None:
         """Reading a closed store fails with the store's own error, not a RuntimeError."""
         log = await logs(store_url)

@@ -128,6 +128,7 @@ class AuditLog:
         self._tasks: list[asyncio.Task[None]] = []
         self._healthy = True
         self._closing = False
+        # Records taken for commit since the last checkpoint (guarded by _pending_lock).
         self._since_checkpoint = 0
         self.last_checkpoint_time: float | None = None
         self.opened_at: float | None = None
@@ -248,16 +249,31 @@ class AuditLog:
         while not (self._closing and not self._pending):
             await wakeup.wait()
             wakeup.clear()
-            if self._pending:  # else the writer took them while draining the last time
-                await self.store.append_pending(self)
-            if self._since_checkpoint >= self._policy.every_records and not self._closing:
-                await self._safe_checkpoint()
+            while self._pending:
+                try:
+                    await self.store.append_pending(self)
+                except Exception as exc:  # noqa: BLE001 - the store could not start: fail them
+                    while self.take():
+                        self.settle(exc)
+                if self._since_checkpoint >= self._policy.every_records:
+                    # Reset first: a failed checkpoint must not hold appends back.
+                    with self._pending_lock:
+                        self._since_checkpoint = 0
+                    await self._safe_checkpoint()
 
     def take(self) -> list[PendingEntry]:
-        """The next batch to commit (at most :data:`MAX_BATCH`); thread-safe."""
+        """The next batch to commit (at most :data:`MAX_BATCH`); thread-safe.
+
+        Empty also when a checkpoint is due: the writer stops, so that the
+        checkpoint is signed right after the batch that made it due.
+        """
         with self._pending_lock:
-            self._taken = self._pending[:MAX_BATCH]
-            del self._pending[:MAX_BATCH]
+            if self._since_checkpoint >= self._policy.every_records:
+                self._taken = []
+            else:
+                self._taken = self._pending[:MAX_BATCH]
+                del self._pending[:MAX_BATCH]
+                self._since_checkpoint += len(self._taken)
             return [entry for entry, _, _ in self._taken]
 
     def settle(self, outcome: int | Exception) -> None:
@@ -285,7 +301,6 @@ class AuditLog:
         if not self._healthy:
             self._log.info("audit_store_recovered")
         self._healthy = True
-        self._since_checkpoint += len(batch)
         self.appended += len(batch)
         self.tree_size = max(self.tree_size, outcome + len(batch))
         for offset, (_, future, _) in enumerate(batch):
@@ -330,7 +345,8 @@ class AuditLog:
         if not self._healthy:  # the store took the log's write lock again
             self._log.info("audit_store_recovered")
             self._healthy = True
-        self._since_checkpoint = 0
+        with self._pending_lock:
+            self._since_checkpoint = 0
         self.last_checkpoint_time = self.clock()
         return stored
 
