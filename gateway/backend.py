@@ -18,7 +18,7 @@ import aiohttp
 
 from gateway.bodies import read_bounded
 from gateway.errors import BackendError, BackendTimeout, MalformedJose
-from gateway.jose import strict_json_object
+from gateway.jose import canonical_json, strict_json_object
 from gateway.tracing import outgoing_headers
 
 # A backend answer larger than this is refused rather than buffered.
@@ -62,6 +62,7 @@ class HttpBackend:
     async def call(self, request: BackendRequest) -> BackendAnswer:
         """POST the body as JSON and read a JSON object back within the timeout."""
         headers = {
+            "Content-Type": "application/json",
             "X-Consumer": request.consumer,
             "X-Contract": request.contract,
             "X-Purpose": request.purpose,
@@ -72,7 +73,7 @@ class HttpBackend:
         try:
             async with asyncio.timeout(request.timeout):
                 async with self._session.post(
-                    request.url, json=dict(request.body), headers=headers
+                    request.url, data=canonical_json(request.body), headers=headers
                 ) as response:
                     raw = await read_bounded(response.content, MAX_BACKEND_RESPONSE_BYTES)
                     status = response.status

@@ -22,6 +22,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeGuard
 
+import orjson
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -217,8 +218,18 @@ def _strict_json_parse(text: str) -> dict[str, Any]:
 
 
 def canonical_json(value: Mapping[str, Any]) -> bytes:
-    """Compact UTF-8 JSON for payloads we sign (member order as given)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON in member order: what we sign, hash and send.
+
+    The bytes are those of ``json.dumps(value, separators=(",", ":"),
+    ensure_ascii=False)`` for every value our parsers produce (no floats:
+    strict JSON refuses them). orjson writes them several times faster; what
+    it refuses (integers beyond 64 bits, non-string keys, lone surrogates)
+    goes to the standard encoder, which fails or succeeds as it always did.
+    """
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def _compact_text(compact: object) -> str:

@@ -158,6 +158,38 @@ class TestStrictJson:
         """Compact separators, order as given, UTF-8 not escaped."""
         assert canonical_json({"b": 1, "a": "é"}) == '{"b":1,"a":"é"}'.encode()
 
+    @settings(max_examples=300)
+    @given(
+        st.dictionaries(
+            st.text(),
+            st.recursive(
+                st.none()
+                | st.booleans()
+                | st.integers(min_value=-(2**80), max_value=2**80)
+                | st.text(),
+                lambda inner: (
+                    st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4)
+                ),
+                max_leaves=20,
+            ),
+        )
+    )
+    def test_canonical_json_equals_the_standard_encoder(self, value: dict[str, Any]) -> None:
+        """For every float-free JSON value the bytes are exactly the standard library's.
+
+        Strict JSON refuses floats, so these are all the values we sign or hash;
+        integers beyond 64 bits take the standard encoder's path.
+        """
+        expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        assert canonical_json(value) == expected
+        assert strict_json_object(expected) == value
+
+    def test_canonical_json_refuses_what_it_always_refused(self) -> None:
+        """A lone surrogate cannot be encoded as UTF-8, by either path."""
+        with pytest.raises(UnicodeEncodeError):
+            canonical_json({"a": "\ud800"})
+        assert canonical_json({1: 2}) == b'{"1":2}'  # type: ignore[dict-item]
+
 
 class TestNormalizeTyp:
     """typ is compared case-insensitively without an optional application/ prefix."""

@@ -28,6 +28,7 @@ from gateway.errors import (
     known_problem_names,
 )
 from gateway.inbound import ExchangeContext, Provider
+from gateway.jose import canonical_json
 from gateway.keys import jwks_document
 from gateway.observability import bound_context, get_logger
 from gateway.outbound import ClientRequest, Consumer, ExchangeResult, HttpPeerTransport
@@ -222,7 +223,12 @@ async def exchange_endpoint(request: web.Request) -> web.Response:
     if result.provider_audit_index is not None:
         headers["X-Provider-Audit-Index"] = str(result.provider_audit_index)
     # The backend's status (a 404 "no such record" is an answer) reaches the client as is.
-    return web.json_response(result.body, status=result.status, headers=headers)
+    return web.Response(
+        body=canonical_json(result.body),
+        status=result.status,
+        headers=headers,
+        content_type="application/json",
+    )
 
 
 # -- the one log event per exchange and per token request -------------------------
