@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -71,6 +72,7 @@ async def serve(
     stop: asyncio.Event | None = None,
     clock: Clock = time.time,
     worker: WorkerRole | None = None,
+    freeze_heap: bool = False,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop``), then finish in-flight exchanges and close.
 
@@ -94,6 +96,8 @@ async def serve(
     tasks: list[asyncio.Task[None]] = []
     try:
         await runner.setup()
+        if freeze_heap:
+            freeze_startup_heap()
         tasks.append(asyncio.create_task(reload_forever(runtime), name="reload"))
         listen = f"{settings.listen.host}:{settings.listen.port}"
         if worker is None:
@@ -127,6 +131,21 @@ async def serve(
         await runner.cleanup()
         await runtime.close()
         log.info("gateway_stopped")
+
+
+def freeze_startup_heap() -> None:
+    """Move what start-up built out of the cyclic garbage collector's reach.
+
+    Keys, the registry and every loaded contract live as long as the process.
+    Left in the collector's oldest generation, each full collection under load
+    walks them all again: with 10,000 contracts that was a pause of a
+    noticeable fraction of a second, the tail of the contracts curve. Garbage
+    is collected first, so nothing unreachable is frozen; only a process that
+    serves until it exits should do this (``gateway serve``), not a program
+    that runs :func:`serve` among other work.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _say_ready(fd: int) -> None:
