@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Generic, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -85,6 +85,32 @@ _TOKEN_ERRORS: Final = frozenset(TokenRequestError.STATUSES)
 def problem_label(problem: str) -> str:
     """``problem`` when this gateway knows the name, else ``upstream-other`` (a peer's text)."""
     return problem if problem in _PROBLEMS else UPSTREAM_OTHER
+
+
+_Metric = TypeVar("_Metric", Counter, Histogram)
+
+
+class _Children(Generic[_Metric]):
+    """The labelled children of one metric, each looked up in prometheus_client once.
+
+    ``metric.labels(...)`` checks its arguments and takes a lock on every call,
+    and each exchange is counted in several families. Label values here are
+    bounded (they come from the registry, the config and the contracts, else
+    ``unknown``), so so is this map. Values are given in the metric's label order.
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: _Metric) -> None:
+        self._metric: _Metric = metric
+        self._children: dict[tuple[str, ...], _Metric] = {}
+
+    def __call__(self, *values: str) -> _Metric:
+        """The child of these label values."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class _PhaseTimer:
@@ -258,6 +284,16 @@ class GatewayMetrics:
             "Failed audit commits and failed background store work (checkpoints, retention).",
             registry=registry,
         )
+        # The families every exchange or request touches, by label values.
+        self._requests = _Children(self.requests)
+        self._latency = _Children(self.latency)
+        self._exchanges = _Children(self.exchanges)
+        self._refusals = _Children(self.refusals)
+        self._exchange_duration = _Children(self.exchange_duration)
+        self._phase_duration = _Children(self.phase_duration)
+        self._backend_duration = _Children(self.backend_duration)
+        self._token_cache = _Children(self.token_cache)
+        self._verified_token_cache = _Children(self.verified_token_cache)
         # Series that alerts compute rates of exist from the start, at 0.
         for result in ("hit", "miss"):
             self.token_cache.labels(result=result)
@@ -296,8 +332,8 @@ class GatewayMetrics:
 
     def observe(self, endpoint: str, outcome: str, seconds: float) -> None:
         """Count one answered request and its latency."""
-        self.requests.labels(endpoint=endpoint, outcome=outcome).inc()
-        self.latency.labels(endpoint=endpoint).observe(seconds)
+        self._requests(endpoint, outcome).inc()
+        self._latency(endpoint).observe(seconds)
 
     # -- exchanges -------------------------------------------------------------
 
@@ -317,19 +353,19 @@ class GatewayMetrics:
         bound = self._contract(contract)
         service_label = self._service(service)
         outcome_label = OK if outcome == OK else problem_label(outcome)
-        self.exchanges.labels(
-            direction=direction,
-            peer=self._agency(peer),
-            service=service_label,
-            contract=bound.id if bound else UNKNOWN,
-            purpose=_purpose(bound, purpose),
-            outcome=outcome_label,
+        self._exchanges(
+            direction,
+            self._agency(peer),
+            service_label,
+            bound.id if bound else UNKNOWN,
+            _purpose(bound, purpose),
+            outcome_label,
         ).inc()
         if outcome != OK:
-            self.refusals.labels(direction=direction, problem=outcome_label).inc()
-        self.exchange_duration.labels(direction=direction, service=service_label).observe(seconds)
+            self._refusals(direction, outcome_label).inc()
+        self._exchange_duration(direction, service_label).observe(seconds)
         for phase, spent in phases.seconds.items():
-            self.phase_duration.labels(direction=direction, phase=phase).observe(spent)
+            self._phase_duration(direction, phase).observe(spent)
 
     def token_request(
         self,
@@ -342,7 +378,7 @@ class GatewayMetrics:
         """Count one answered token request: a grant, or a refusal by its OAuth error."""
         if outcome != OK:
             problem = outcome if outcome in _TOKEN_ERRORS else problem_label(outcome)
-            self.refusals.labels(direction="inbound", problem=problem).inc()
+            self._refusals("inbound", problem).inc()
             return
         bound = self._contract(contract)
         self.tokens_issued.labels(
@@ -354,15 +390,15 @@ class GatewayMetrics:
     def backend_call(self, service: str, outcome: str, seconds: float) -> None:
         """Time one backend call (outcome ok, backend-error or backend-timeout)."""
         label = outcome if outcome in BACKEND_OUTCOMES else "backend-error"
-        self.backend_duration.labels(service=self._service(service), outcome=label).observe(seconds)
+        self._backend_duration(self._service(service), label).observe(seconds)
 
     def token_cache_lookup(self, *, hit: bool) -> None:
         """Count one consumer-side token cache lookup."""
-        self.token_cache.labels(result="hit" if hit else "miss").inc()
+        self._token_cache("hit" if hit else "miss").inc()
 
     def verified_token_lookup(self, *, hit: bool) -> None:
         """Count one provider-side lookup in the cache of verified access tokens."""
-        self.verified_token_cache.labels(result="hit" if hit else "miss").inc()
+        self._verified_token_cache("hit" if hit else "miss").inc()
 
     def rate_limit(self, contract: str) -> None:
         """Count one exchange refused by ``contract``'s rate limit."""
