@@ -52,6 +52,7 @@ from gateway.audit.merkle import verify_inclusion as merkle_verify_inclusion
 from gateway.audit.note import NoteSigner
 from gateway.audit.records import AuditRecord, Pseudonymizer, record_time
 from gateway.audit.store import (
+    AppendQueue,
     AuditStore,
     AuditStoreError,
     PendingEntry,
@@ -404,6 +405,23 @@ class BulkLeaves:
 # -- a store that counts what the log asks of it -----------------------------
 
 
+class _CountingQueue:
+    """An :class:`AppendQueue` that notes the size of each batch taken (from any thread)."""
+
+    def __init__(self, inner: AppendQueue, batches: list[int]) -> None:
+        self._inner = inner
+        self._batches = batches
+
+    def take(self) -> Sequence[PendingEntry]:
+        entries = self._inner.take()
+        if entries:
+            self._batches.append(len(entries))
+        return entries
+
+    def settle(self, outcome: int | Exception) -> None:
+        self._inner.settle(outcome)
+
+
 class CountingStore:
     """Wraps an :class:`AuditStore`; counts transactions, store calls and rows read."""
 
@@ -428,6 +446,10 @@ class CountingStore:
         """One transaction of ``len(entries)`` records."""
         self.batches.append(len(entries))
         return await self.inner.append_batch(entries)
+
+    async def append_pending(self, queue: AppendQueue) -> None:
+        """The log's group commits: the inner store drains ``queue``, each batch counted."""
+        await self.inner.append_pending(_CountingQueue(queue, self.batches))
 
     async def add_checkpoint(
         self, sign: Callable[[int, bytes], str], min_size: int = 1
