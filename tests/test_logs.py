@@ -410,13 +410,14 @@ class TestConfiguration:
         )
         calls: list[tuple[Any, ...]] = []
 
-        async def serve(settings: Any) -> None:
-            calls.append(("serve", settings.agency))
+        async def serve(settings: Any, **options: Any) -> None:
+            calls.append(("serve", settings.agency, options))
 
         monkeypatch.setattr(cli, "configure_logging", lambda *args: calls.append(args))
         monkeypatch.setattr("gateway.web.server.serve", serve)
         assert cli.main(["serve", "--config", str(config)]) == 0
-        assert calls == [("debug", "json"), ("serve", TAX)]
+        # A process that serves until it exits freezes its start-up heap.
+        assert calls == [("debug", "json"), ("serve", TAX, {"freeze_heap": True})]
 
     def test_demo_uses_the_console_view(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
