@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from gateway.audit import store as store_module
 from gateway.audit.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from gateway.audit.log import MAX_BATCH, AuditLog
 from gateway.audit.merkle import (
@@ -139,6 +140,25 @@ class TestAppend:
         assert await first == 0
         assert [await task for task in later] == list(range(1, 51))
         assert taken == batches == [1, 50]
+
+    async def test_checkpoint_between_batches(
+        self, store_url: str, logs: LogFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A checkpoint asked for while batches are waiting is signed before they all commit.
+
+        The SQLite writer thread returns after each batch here (its time bound
+        set to 0), letting the checkpoint queued behind it run; without the
+        bound it would commit every waiting batch first.
+        """
+        monkeypatch.setattr(store_module, "DRAIN_MAX_SECONDS", 0.0)
+        log = await logs(store_url, every_records=10**9)
+        total = 4 * MAX_BATCH
+        appends = [asyncio.create_task(log.append(make_record(n))) for n in range(total)]
+        await asyncio.wait(appends, return_when=asyncio.FIRST_COMPLETED)
+        stored = await asyncio.wait_for(log.checkpoint(), 30)
+        assert sorted(await asyncio.gather(*appends)) == list(range(total))
+        assert stored is not None
+        assert MAX_BATCH <= stored.size < total
 
     async def test_more_than_one_batch(self, store_url: str, logs: LogFactory) -> None:
         """More concurrent appends than one batch holds are split, all committed contiguously."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -190,7 +191,7 @@ class AppendQueue(Protocol):
     """
 
     def take(self) -> Sequence[PendingEntry]:
-        """The next batch to commit in one transaction; empty when nothing is pending."""
+        """The next batch to commit in one transaction; empty when the writer should stop."""
 
     def settle(self, outcome: int | Exception) -> None:
         """The last batch taken was committed from index ``outcome``, or failed with it."""
@@ -250,7 +251,7 @@ class AuditStore(Protocol):
         """Append ``entries`` in one transaction under the sequencer; the first index."""
 
     async def append_pending(self, queue: AppendQueue) -> None:
-        """Commit the batches ``queue`` holds, one transaction each, until it is empty.
+        """Commit the batches ``queue`` gives, one transaction each, until it gives none.
 
         A failed batch is settled with its error and the next one is tried.
         """
@@ -293,6 +294,11 @@ class AuditStore(Protocol):
 
     async def close(self) -> None:
         """Release connections; pending calls fail with ``AuditStoreError``."""
+
+
+# The longest the SQLite writer thread commits batch after batch before it lets the
+# other work on its connection (checkpoints, retention) run.
+DRAIN_MAX_SECONDS: Final = 1.0
 
 
 def _sqlite_mark(_: int) -> str:
@@ -376,10 +382,14 @@ class SqliteAuditStore:
 
         The thread goes straight from one commit to the next batch, so a busy
         event loop delays only the delivery of results, never the next commit.
+        It returns after :data:`DRAIN_MAX_SECONDS` even under constant load, so
+        that checkpoints and retention, queued for the same connection, get
+        their turn.
         """
         await self._run(self._writer, lambda: self._drain_sync(queue))
 
     def _drain_sync(self, queue: AppendQueue) -> None:
+        deadline = time.monotonic() + DRAIN_MAX_SECONDS
         while entries := queue.take():
             try:
                 first = self._append_sync(entries)
@@ -389,6 +399,8 @@ class SqliteAuditStore:
                 queue.settle(exc)
             else:
                 queue.settle(first)
+            if time.monotonic() >= deadline:
+                return
 
     def _append_sync(self, entries: Sequence[PendingEntry]) -> int:
         conn = self._conn(self._write_conn)
