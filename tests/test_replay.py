@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.errors import Overloaded
 from gateway.replay import DEFAULT_CAPACITY, MemoryReplayCache, ReplayCache
@@ -105,3 +107,57 @@ class TestCapacity:
         assert len(cache) == 2
         # "b" is still remembered, "a" is not
         assert await cache.spend("iss", "b", now + 100, now + 41) is False
+
+
+class TestDigests:
+    """Ids are kept as keyed digests of the pair; that must not change what is a replay."""
+
+    def test_pair_boundary_is_kept(self, now: int) -> None:
+        """("ab", "c") and ("a", "bc") are different messages although they concatenate alike."""
+        cache = MemoryReplayCache()
+        assert cache.spend_now("ab", "c", now + 60, now)
+        assert cache.spend_now("a", "bc", now + 60, now)
+        assert cache.spend_now("a", "bc", now + 60, now) is False
+
+    def test_any_text_is_accepted(self, now: int) -> None:
+        """A lone surrogate or non-ASCII text is an id like any other, not an encoding error."""
+        cache = MemoryReplayCache()
+        assert cache.spend_now("agência", "\udcff", now + 60, now)
+        assert cache.spend_now("agência", "\udcff", now + 60, now) is False
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["a", "b", "a\x00"]),
+                st.sampled_from(["j1", "j2", "\x00j1", ""]),
+                st.integers(min_value=0, max_value=100),  # exp, relative to the start
+                st.integers(min_value=0, max_value=5),  # seconds since the previous spend
+            ),
+            max_size=60,
+        ),
+        st.integers(min_value=1, max_value=8),
+    )
+    def test_same_answers_as_a_plain_model(
+        self, spends: list[tuple[str, str, int, int]], capacity: int
+    ) -> None:
+        """Every spend answers as a dict of pair -> exp + 30 would, Overloaded included."""
+        cache = MemoryReplayCache(capacity)
+        model: dict[tuple[str, str], int] = {}
+        now = 0
+        for issuer, jti, exp, step in spends:
+            now += step
+            model = {pair: until for pair, until in model.items() if until >= now}
+            if (issuer, jti) in model:
+                expected: bool | None = False
+            elif len(model) >= capacity:
+                expected = None
+            else:
+                expected = True
+                model[(issuer, jti)] = exp + 30
+            if expected is None:
+                with pytest.raises(Overloaded):
+                    cache.spend_now(issuer, jti, exp, now)
+            else:
+                assert cache.spend_now(issuer, jti, exp, now) is expected
+            assert len(cache) == len(model)
