@@ -68,7 +68,6 @@ SECONDARY: Final = (
     "connections_1000_gateway_peak_rss_mb",
     "connections_1000_overloaded_share",
     "soak_gateway_rss_growth_percent",
-    "soak_gateway_rss_growth_settled_percent",
 )
 GATEWAY_NAMES: Final = ("consumer-gw", "provider-gw")
 
@@ -328,9 +327,6 @@ def _memory_figures(results: dict[str, Any], figures: dict[str, Any]) -> None:
     if soak:
         growth = [soak["rss"][name] for name in GATEWAY_NAMES]
         figures["soak_gateway_rss_growth_percent"] = max(g["growth_percent"] for g in growth)
-        settled = [g["settled"]["growth_percent"] for g in growth if "settled" in g]
-        if settled:
-            figures["soak_gateway_rss_growth_settled_percent"] = max(settled)
 
 
 def _exp(count: int) -> str:
@@ -700,19 +696,17 @@ def _print_soak(result: dict[str, Any] | None) -> None:
             [[f"{s['at_s']:.0f}", *(s[n] for n in names)] for s in result["rss_samples"]],
         )
     )
+    fresh = result.get("rss_fresh_mb", {})
     for name, growth in result["rss"].items():
-        settled = growth.get("settled")
-        after = (
-            f"; from {settled['from_s']:.0f} s (replay window full)"
-            f" {settled['start_mb']} -> {settled['end_mb']} MB ({settled['growth_percent']} %),"
-            f" trend {settled['trend_mb_per_10_min']} MB"
-            if settled
+        warmup = (
+            f"; {fresh[name]} MB fresh, before the {result['warmup_seconds']:.0f} s warm-up"
+            if name in fresh
             else ""
         )
         _say(
             f"  {name}: {growth['start_mb']} -> {growth['end_mb']} MB"
             f" ({growth['growth_percent']} %), trend {growth['trend_mb_per_10_min']} MB"
-            f" per 10 min, max {growth['max_mb']} MB{after}"
+            f" per 10 min, max {growth['max_mb']} MB{warmup}"
         )
     _say(f"  busy {result['machine_busy_share']}, other {result['other_cores_busy']} cores")
 
