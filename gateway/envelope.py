@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from gateway.errors import (
@@ -102,6 +102,13 @@ class OpenedMessage:
         """The request or released body."""
         body: dict[str, Any] = self.claims["body"]
         return body
+
+    def without_body(self) -> OpenedMessage:
+        """This message with every claim but ``body``: what to keep once the body is handed on.
+
+        Parsed, a body is several times its JSON (memory).
+        """
+        return replace(self, claims={name: v for name, v in self.claims.items() if name != "body"})
 
 
 def _seal(

@@ -403,7 +403,9 @@ class Provider:
         if wait:
             runtime.metrics.rate_limit(contract.id)
             raise RateLimited("the contract's rate limit is exhausted", retry_after=wait)
-        return await self._answer(service, contract, token, request, context)
+        # The message goes on in the context alone, so that _answer can let go of its body.
+        del request, claims
+        return await self._answer(service, contract, token, context)
 
     def _contract_in_force(
         self,
@@ -436,25 +438,30 @@ class Provider:
         service: str,
         contract: Contract,
         token: AccessToken,
-        request: OpenedMessage,
         context: ExchangeContext,
     ) -> tuple[str, int]:
         runtime = self.runtime
         settings = runtime.settings.services[service]
+        request = context.request
+        if request is None:  # pragma: no cover - _exchange opened it before calling
+            raise RuntimeError("no opened request to answer")
+        outgoing = BackendRequest(
+            url=str(settings.backend_url),
+            timeout=settings.timeout_seconds,
+            body=request.body,
+            consumer=token.consumer,
+            contract=contract.id,
+            purpose=token.grant.purpose,
+            exchange_id=request.jti,
+        )
+        # From here on only the backend call holds the parsed request body; the
+        # message is kept for its binding and identities (memory).
+        request = context.request = request.without_body()
         called = time.perf_counter()
         outcome = "backend-error"
         try:
-            answer = await self.backend.call(
-                BackendRequest(
-                    url=str(settings.backend_url),
-                    timeout=settings.timeout_seconds,
-                    body=request.body,
-                    consumer=token.consumer,
-                    contract=contract.id,
-                    purpose=token.grant.purpose,
-                    exchange_id=request.jti,
-                )
-            )
+            answer = await self.backend.call(outgoing)
+            del outgoing
             outcome = OK
         except BackendTimeout:
             outcome = BackendTimeout.problem

@@ -245,6 +245,8 @@ class Consumer:
             raise ContractDenied("the provider is not an active agency in the trust registry")
         grant = RequestedGrant(contract=contract.id, service=call.service, purpose=call.purpose)
         for attempt in range(2):
+            if attempt:
+                body = strict_json_object(call.body)  # freed after the first seal, below
             token = await self._token(provider_url, call.provider, grant, phases)
             with phases.timed("crypto"):
                 sealed = seal_request(
@@ -262,6 +264,9 @@ class Consumer:
                     recipient=recipient,
                     now=runtime.now(),
                 )
+            # Parsed, a body is several times its JSON: not held while the answer is
+            # awaited and opened (memory). A retry parses the client's bytes again.
+            del body
             members.update(jti=sealed.jti, req_hash=token_hash(sealed.jws))
             try:
                 return await self._send(

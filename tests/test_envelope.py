@@ -232,6 +232,21 @@ class TestRequestRoundTrip:
         opened = world.open(world.seal(now, token, body=body).jwe, token)
         assert opened.body == body
 
+    def test_without_body(self, world: World, now: int) -> None:
+        """Every claim but the body, the same JWS and signer; the original is left whole."""
+        token = world.token(now)
+        opened = world.open(world.seal(now, token).jwe, token)
+        slim = opened.without_body()
+        assert "body" not in slim.claims
+        assert dict(slim.claims) == {k: v for k, v in opened.claims.items() if k != "body"}
+        assert (slim.jws, slim.jti, slim.signer, slim.signature) == (
+            opened.jws,
+            opened.jti,
+            opened.signer,
+            opened.signature,
+        )
+        assert opened.body == {"national_id": SUBJECT, "year": 2025}
+
     def test_fresh_jti_each_time(self, world: World, now: int) -> None:
         """Two sealings of the same request have different message ids."""
         token = world.token(now)

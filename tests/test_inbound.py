@@ -1394,6 +1394,12 @@ class TestBackendFailures:
         record = audit_record(audit_path(faulty_network, TAX), document["audit_id"])
         assert record["problem"] == problem
         assert record["outcome"] == "error"
+        # Refused after the body went to the backend: the message is still named in full.
+        assert record["jti"] == sealed.jti
+        assert record["req_hash"] == token_hash(sealed.jws)
+        assert record["client"] == peer.claims(token, subject)["client"]
+        assert isinstance(record["subject"], str)
+        assert record["subject"] != subject
 
     async def test_answer_is_filtered_and_context_sent(
         self, faulty_network: LiveNetwork, session: aiohttp.ClientSession

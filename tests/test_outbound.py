@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.config import load_settings
 from gateway.demo.backends import PEOPLE
 from gateway.demo.network import (
     BENEFITS,
@@ -26,6 +27,8 @@ from gateway.demo.network import (
     TAX,
     TAX_CONTRACT,
 )
+from gateway.outbound import ClientRequest, Consumer, HttpPeerTransport
+from gateway.runtime import build_runtime
 from tests.conftest import LiveNetwork
 from tests.wire import (
     END_USER,
@@ -400,12 +403,61 @@ class TestProviderRefusals:
         assert (await exchange(session, net)).status == 200
         assert count_records(audit_path(net, TAX), kind="token") == tokens_before + 1
 
+    async def test_token_refused_as_invalid_is_renewed_once(
+        self, fresh_network: LiveNetwork, session: aiohttp.ClientSession
+    ) -> None:
+        """The provider refuses the token (token-invalid): a new one carries the same body."""
+        net = fresh_network
+        runtime = await build_runtime(load_settings(net.directory / BENEFITS / "gateway.yaml"))
+        spoiler = _TokenSpoiler(HttpPeerTransport(session, timeout=10))
+        subject = net.demo["subjects"][0]
+        try:
+            result = await Consumer(runtime, spoiler).exchange(
+                ClientRequest(
+                    api_key=client_key(net),
+                    provider=TAX,
+                    service="income-records",
+                    purpose=PURPOSE,
+                    contract=None,
+                    end_user=END_USER,
+                    body=json.dumps({"national_id": subject, "year": 2025}).encode(),
+                )
+            )
+        finally:
+            await runtime.audit.close()
+        assert spoiler.statuses == [401, 200], "one refusal, then one renewed try"
+        assert result.status == 200
+        assert result.body["national_id"] == subject
+        provider_records = [json.loads(leaf) for _, leaf in audit_records(audit_path(net, TAX))]
+        refusals = [record for record in provider_records if record["kind"] == "refusal"]
+        assert [record["problem"] for record in refusals] == ["token-invalid"]
+
     async def test_body_over_the_gateway_limit(
         self, network: LiveNetwork, session: aiohttp.ClientSession
     ) -> None:
         """Over 1 MiB: 413 payload-too-large, audited like every refusal."""
         body = b'{"national_id": "' + b"3" * MIB + b'"}'
         assert_problem(await exchange(session, network, body), "payload-too-large", 413)
+
+
+class _TokenSpoiler:
+    """A peer transport whose first exchange carries a token the provider cannot verify."""
+
+    def __init__(self, inner: HttpPeerTransport) -> None:
+        self._inner = inner
+        self.statuses: list[int] = []
+
+    async def post(
+        self, url: str, *, data: bytes | Mapping[str, str], headers: Mapping[str, str]
+    ) -> tuple[int, str, bytes, Mapping[str, str]]:
+        """POST through the real transport; the first service call with a spoilt token."""
+        if "/v1/services/" not in url:
+            return await self._inner.post(url, data=data, headers=headers)
+        if not self.statuses:
+            headers = {**headers, "Authorization": headers["Authorization"][:-8] + "AAAAAAAA"}
+        answer = await self._inner.post(url, data=data, headers=headers)
+        self.statuses.append(answer[0])
+        return answer
 
 
 class TestResponseChecks:
