@@ -18,6 +18,11 @@ from gateway.jose import CLOCK_SKEW_SECONDS
 # Ten minutes of traffic at more than 1,500 exchanges a second, in about 100 MB.
 DEFAULT_CAPACITY: Final = 1_000_000
 
+# The digests are spread over this many sets (a power of two), so that a set's table,
+# reallocated now and then as ids come and go, is small: one set of them all had a table
+# of megabytes, and each reallocation moved the process's RSS by that much.
+_SHARDS: Final = 64
+
 
 class ReplayCache(Protocol):
     """Where spent ids live; a shared store (PostgreSQL, Redis) can implement it."""
@@ -45,13 +50,14 @@ class MemoryReplayCache:
             raise ValueError("capacity must be positive")
         self._capacity = capacity
         self._digest_key = os.urandom(16)
-        self._seen: set[int] = set()
+        self._seen: list[set[int]] = [set() for _ in range(_SHARDS)]
+        self._count = 0
         # Each remembered digest sits in exactly one bucket: the second it is forgotten after.
         self._buckets: dict[int, list[int]] = {}
         self._bucket_heap: list[int] = []
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return self._count
 
     def _digest(self, issuer: str, jti: str) -> int:
         issuer_bytes = issuer.encode("utf-8", "surrogatepass")
@@ -64,19 +70,24 @@ class MemoryReplayCache:
 
     def _forget_expired(self, now: int) -> None:
         while self._bucket_heap and self._bucket_heap[0] < now:
-            self._seen.difference_update(self._buckets.pop(heapq.heappop(self._bucket_heap)))
+            bucket = self._buckets.pop(heapq.heappop(self._bucket_heap))
+            for digest in bucket:
+                self._seen[digest & (_SHARDS - 1)].discard(digest)
+            self._count -= len(bucket)
 
     def spend_now(self, issuer: str, jti: str, exp: int, now: int) -> bool:
         """Synchronous form of :meth:`spend`, for callers without an event loop."""
         self._forget_expired(now)
         digest = self._digest(issuer, jti)
-        if digest in self._seen:
+        shard = self._seen[digest & (_SHARDS - 1)]
+        if digest in shard:
             return False
-        if len(self._seen) >= self._capacity:
+        if self._count >= self._capacity:
             # Forgetting an unexpired id would allow its replay: refuse instead.
             raise Overloaded("the replay window is full", retry_after=CLOCK_SKEW_SECONDS)
         until = exp + CLOCK_SKEW_SECONDS
-        self._seen.add(digest)
+        shard.add(digest)
+        self._count += 1
         bucket = self._buckets.get(until)
         if bucket is None:
             self._buckets[until] = [digest]
