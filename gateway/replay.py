@@ -15,7 +15,7 @@ from typing import Final, Protocol
 from gateway.errors import Overloaded
 from gateway.jose import CLOCK_SKEW_SECONDS
 
-# Ten minutes of traffic at more than 1,500 exchanges a second, in about 100 MB.
+# Ten minutes of traffic at more than 1,500 exchanges a second, in about 150 MB.
 DEFAULT_CAPACITY: Final = 1_000_000
 
 # The digests are spread over this many sets (a power of two), so that a set's table,
@@ -38,7 +38,7 @@ class MemoryReplayCache:
     """An in-process replay cache: fixed-size id digests, grouped by the second they expire.
 
     Each id is kept as a keyed 128-bit BLAKE2b digest of the pair, not as the
-    pair itself: about 100 bytes an id instead of 250, whatever the length of
+    pair itself: about 150 bytes an id instead of 250, whatever the length of
     ``jti``, so a full window stays small and steady. The key is random per
     process, so nobody outside can aim two ids at one digest; an accidental
     collision (about 2^-128 per pair) could only refuse a fresh message, never
