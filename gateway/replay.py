@@ -68,18 +68,21 @@ class MemoryReplayCache:
         hasher.update(jti.encode("utf-8", "surrogatepass"))
         return int.from_bytes(hasher.digest(), "big")
 
+    def _shard(self, digest: int) -> set[int]:
+        return self._seen[digest & (_SHARDS - 1)]
+
     def _forget_expired(self, now: int) -> None:
         while self._bucket_heap and self._bucket_heap[0] < now:
             bucket = self._buckets.pop(heapq.heappop(self._bucket_heap))
             for digest in bucket:
-                self._seen[digest & (_SHARDS - 1)].discard(digest)
+                self._shard(digest).discard(digest)
             self._count -= len(bucket)
 
     def spend_now(self, issuer: str, jti: str, exp: int, now: int) -> bool:
         """Synchronous form of :meth:`spend`, for callers without an event loop."""
         self._forget_expired(now)
         digest = self._digest(issuer, jti)
-        shard = self._seen[digest & (_SHARDS - 1)]
+        shard = self._shard(digest)
         if digest in shard:
             return False
         if self._count >= self._capacity:
