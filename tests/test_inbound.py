@@ -1344,7 +1344,11 @@ def _faulty_backend() -> web.Application:
 
 @pytest.fixture(scope="module")
 def faulty_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNetwork]:
-    """A network whose tax-authority calls a test backend with a 0.3 s timeout."""
+    """A network whose tax-authority calls a test backend with a 1 s timeout.
+
+    Well under the slow mode's 1.5 s, and far above a prompt answer even on a
+    loaded 2-core CI machine (0.3 s once timed out a prompt answer there).
+    """
     port = free_port()
 
     def prepare(directory: Path, demo: dict[str, Any]) -> None:
@@ -1352,7 +1356,7 @@ def faulty_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNet
         config = yaml.safe_load(path.read_text())
         config["services"][SERVICE] = {
             "backend_url": f"http://127.0.0.1:{port}/records",
-            "timeout_seconds": 0.3,
+            "timeout_seconds": 1.0,
         }
         path.write_text(yaml.safe_dump(config, sort_keys=False))
 
