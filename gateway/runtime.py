@@ -4,7 +4,7 @@ Built once at start-up from :class:`~gateway.config.GatewaySettings`; the
 registry and the contract directory are re-read when their files change, and
 a refused new version never replaces the one in force. The server's periodic
 reload lists, reads, parses and verifies in a worker thread; only putting
-the result in force runs on the event loop (:meth:`Runtime.reload_in_thread`).
+the result in force runs on the event loop (:meth:`Runtime.reload`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,7 +71,6 @@ class _ContractReload:
 class _PendingReload:
     """What one reload found, computed off the event loop; applied by ``_apply_reload``."""
 
-    generation: int
     registry: RegistryCheck
     contracts: _ContractReload | None  # None: neither the directory nor the serial changed
     error: Exception | None  # the contract load failed; raised once the registry is applied
@@ -97,13 +95,9 @@ class Runtime:
     state: SharedState | None = None
     # Access tokens of ours already verified (protocol 3.2 allows caching them until exp).
     verified_tokens: VerifiedTokenCache = field(default_factory=VerifiedTokenCache)
-    # One reload at a time: the lock covers the file work (in whichever thread it
-    # runs), the asyncio lock queues reload_in_thread callers without tying up
-    # worker threads, and the generation drops a result made stale by a reload()
-    # that ran on the loop while the file work of another was in a thread.
-    _reload_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    # One reload at a time, queued without tying up worker threads: each applies
+    # what it found before the next starts reading files.
     _reload_queue: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
-    _reload_generation: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Label checks and the scrape-time gauges read this runtime; the audit log reports to it.
@@ -139,42 +133,32 @@ class Runtime:
         """The loaded contract ``contract_id`` (in force or not), or None."""
         return self.contracts.current.get(contract_id)
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         """Re-read the registry and contracts if their files changed (keeping the last good).
 
-        All of it runs here, on the calling thread. The server's poll calls
-        :meth:`reload_in_thread` instead, which keeps the file work off the loop.
-        """
-        generation, now = self._reload_generation, self.now()
-        self._apply_reload(self._prepare_reload(now, generation), now)
-
-    async def reload_in_thread(self) -> None:
-        """:meth:`reload`, with listing, reading, parsing and verifying in a worker thread.
-
-        With 10,000 contract files even the check that nothing changed (a
-        ``stat`` of each) takes tens of milliseconds, and a load takes
-        seconds: in the loop it would stall every exchange. The thread only
-        computes new immutable values; putting them in force (plain
-        assignments), counting and logging run back on the loop, so a
-        request never sees a half-made change.
+        Listing, reading, parsing and verifying run in a worker thread: with
+        10,000 contract files even the check that nothing changed (a ``stat``
+        of each) takes tens of milliseconds, and a load takes seconds; in the
+        loop it would stall every exchange. The thread only computes new
+        immutable values; putting them in force (plain assignments), counting
+        and logging run back on the loop, so a request never sees a half-made
+        change.
         """
         async with self._reload_queue:
-            generation, now = self._reload_generation, self.now()
-            pending = await asyncio.to_thread(self._prepare_reload, now, generation)
+            now = self.now()
+            pending = await asyncio.to_thread(self._prepare_reload, now)
             self._apply_reload(pending, now)
 
-    def _prepare_reload(self, now: int, generation: int) -> _PendingReload:
-        # Any thread. Reads the registry holder and self.contracts but changes neither:
-        # only _apply_reload does, on the loop, and never while this runs (the lock,
-        # and reload_in_thread applying only after this has returned).
-        with self._reload_lock:
-            check = self.registry.check(now)
-            registry = check.found if isinstance(check.found, Registry) else check.based_on
-            try:
-                contracts = self._prepare_contracts(now, registry)
-            except Exception as exc:  # noqa: BLE001 - raised on the loop, after the registry part
-                return _PendingReload(generation, check, None, exc)
-            return _PendingReload(generation, check, contracts, None)
+    def _prepare_reload(self, now: int) -> _PendingReload:
+        # A worker thread. Reads the registry holder and self.contracts but changes
+        # neither: only _apply_reload does, on the loop, after this has returned.
+        check = self.registry.check(now)
+        registry = check.found if isinstance(check.found, Registry) else check.based_on
+        try:
+            contracts = self._prepare_contracts(now, registry)
+        except Exception as exc:  # noqa: BLE001 - raised on the loop, after the registry part
+            return _PendingReload(check, None, exc)
+        return _PendingReload(check, contracts, None)
 
     def _prepare_contracts(self, now: int, registry: Registry) -> _ContractReload | None:
         state = self.contracts
@@ -195,11 +179,7 @@ class Runtime:
         return _ContractReload(stamp, serial, loaded, problems, survivors)
 
     def _apply_reload(self, pending: _PendingReload, now: int) -> None:
-        # On the event loop (or the thread that called reload()): the only place
-        # a reload changes what is in force.
-        if pending.generation != self._reload_generation:
-            return  # a reload() ran meanwhile and put newer files in force
-        self._reload_generation += 1
+        # On the event loop: the only place a reload changes what is in force.
         log = get_logger(agency=self.agency, component="reload")
         result = self.registry.apply(pending.registry, now)
         if result.outcome == "failed":
@@ -313,6 +293,6 @@ async def reload_forever(runtime: Runtime) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await runtime.reload_in_thread()
+            await runtime.reload()
         except Exception:  # noqa: BLE001 - a reload bug must never take the gateway down
             get_logger(agency=runtime.agency).exception("reload_failed")

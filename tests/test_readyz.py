@@ -136,20 +136,20 @@ async def test_registry_expired(gateway: Gateway) -> None:
     await gateway.assert_ready()
 
 
-def _republish(net: LiveNetwork, runtime: Runtime, status: str) -> None:
+async def _republish(net: LiveNetwork, runtime: Runtime, status: str) -> None:
     republish_registry(net, {runtime.agency: status})
-    runtime.reload()
+    await runtime.reload()
 
 
 async def test_agency_not_active(gateway: Gateway) -> None:
     """A registry that suspends this agency: not ready until it is active again."""
     runtime = gateway.runtime
-    _republish(gateway.net, runtime, "suspended")
+    await _republish(gateway.net, runtime, "suspended")
     problems = await gateway.assert_not_ready("registry", "not active")
     # Our own signatures on the contracts stop verifying: they leave force too (reported).
     assert "contracts" in problems
     assert "keys" not in problems
-    _republish(gateway.net, runtime, "active")
+    await _republish(gateway.net, runtime, "active")
     await gateway.assert_ready()
 
 
@@ -205,10 +205,10 @@ async def test_contract_file_refused(gateway: Gateway) -> None:
     """A refused contract file is reported, but the last good set stays in force: ready."""
     bad = gateway.runtime.settings.contracts.dir / "broken.yaml"
     bad.write_text("id: [not, a, contract\n", encoding="utf-8")
-    gateway.runtime.reload()
+    await gateway.runtime.reload()
     await gateway.assert_ready(contracts="1 contract files refused")
     bad.unlink()
-    gateway.runtime.reload()
+    await gateway.runtime.reload()
     await gateway.assert_ready()
 
 
@@ -218,12 +218,12 @@ async def test_no_contract_in_force(gateway: Gateway, tmp_path: Path) -> None:
     kept = tmp_path / "kept"
     shutil.move(directory, kept)
     directory.mkdir()
-    gateway.runtime.reload()
+    await gateway.runtime.reload()
     assert len(gateway.runtime.contracts.current) == 0
     await gateway.assert_ready(contracts="no contract is in force")
     shutil.rmtree(directory)
     shutil.move(kept, directory)
-    gateway.runtime.reload()
+    await gateway.runtime.reload()
     await gateway.assert_ready()
 
 

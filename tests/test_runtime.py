@@ -54,12 +54,12 @@ async def test_bad_contract_file_keeps_the_previous_set(tax_runtime: Runtime) ->
     before = set(tax_runtime.contracts.current.ids())
     bad = tax_runtime.settings.contracts.dir / "broken.yaml"
     bad.write_text("id: [not, a, contract\n", encoding="utf-8")
-    tax_runtime.reload()
+    await tax_runtime.reload()
     assert set(tax_runtime.contracts.current.ids()) == before
     assert any("broken.yaml" in problem for problem in tax_runtime.contracts.problems)
     assert _failures(tax_runtime, "contracts") == 1
     bad.unlink()
-    tax_runtime.reload()
+    await tax_runtime.reload()
     assert tax_runtime.contracts.problems == ()
     assert set(tax_runtime.contracts.current.ids()) == before
 
@@ -78,7 +78,7 @@ async def test_contract_of_untrusted_signer_leaves_force(tax_runtime: Runtime) -
     payload = build_registry_payload(directory / "registry.yaml", tax_runtime.now())
     (directory / "registry.jws").write_text(sign_registry(payload, authority), encoding="ascii")
     assert tax_runtime.contract(INCOME_CONTRACT) is not None
-    tax_runtime.reload()
+    await tax_runtime.reload()
     assert tax_runtime.trusted().serial == 2
     assert tax_runtime.contract(INCOME_CONTRACT) is None
     assert _failures(tax_runtime, "contracts") == 1
@@ -89,7 +89,7 @@ async def test_garbage_registry_keeps_the_last_good_one(tax_runtime: Runtime) ->
     serial = tax_runtime.trusted().serial
     registry_path = tax_runtime.settings.registry.path
     registry_path.write_text("not.a.registry", encoding="ascii")
-    tax_runtime.reload()
+    await tax_runtime.reload()
     assert tax_runtime.trusted().serial == serial
     assert tax_runtime.registry.last_error
     assert _failures(tax_runtime, "registry") == 1
@@ -124,15 +124,15 @@ async def test_reload_parses_only_changed_files(tax_runtime: Runtime) -> None:
     loader = CountingLoader(directory)
     tax_runtime.contracts.loader = loader  # cold: the next reload parses everything
     _edit(directory / names[0], "first")
-    tax_runtime.reload()
+    await tax_runtime.reload()
     assert loader.done() == (names, sorted(ids))
     _edit(directory / names[1], "second")
-    tax_runtime.reload()
+    await tax_runtime.reload()
     assert loader.done() == ([names[1]], [tax_runtime.contracts.current.ids()[1]])
-    tax_runtime.reload()  # nothing changed: not even read
+    await tax_runtime.reload()  # nothing changed: not even read
     assert loader.done() == ([], [])
     _republish_registry(tax_runtime, serial=2)
-    tax_runtime.reload()
+    await tax_runtime.reload()
     assert tax_runtime.trusted().serial == 2
     assert loader.done() == ([], sorted(ids))
     assert set(tax_runtime.contracts.current.ids()) == ids
@@ -145,7 +145,7 @@ async def test_serial_change_with_a_bad_file_still_drops_untrusted_signers(
     """With a refused file in the folder, a registry dropping a signer still takes effect."""
     directory = tax_runtime.settings.contracts.dir
     (directory / "broken.yaml").write_text("id: [\n", encoding="utf-8")
-    tax_runtime.reload()
+    await tax_runtime.reload()
     assert tax_runtime.contract(INCOME_CONTRACT) is not None
     registry = yaml.safe_load((directory.parents[1] / "registry.yaml").read_text("utf-8"))
     agencies = [
@@ -155,7 +155,7 @@ async def test_serial_change_with_a_bad_file_still_drops_untrusted_signers(
         for agency in registry["agencies"]
     ]
     _republish_registry(tax_runtime, serial=2, agencies=agencies)
-    tax_runtime.reload()
+    await tax_runtime.reload()
     assert tax_runtime.trusted().serial == 2
     assert tax_runtime.contract(INCOME_CONTRACT) is None
     assert any("broken.yaml" in problem for problem in tax_runtime.contracts.problems)
@@ -186,7 +186,7 @@ class ThreadRecordingHolder(RegistryHolder):
         return super().check(now, force=force)
 
 
-async def test_reload_in_thread_keeps_file_work_off_the_loop(tax_runtime: Runtime) -> None:
+async def test_reload_keeps_file_work_off_the_loop(tax_runtime: Runtime) -> None:
     """Registry and contract files are read in a worker thread; the result is applied."""
     settings = tax_runtime.settings
     holder = ThreadRecordingHolder(
@@ -199,7 +199,7 @@ async def test_reload_in_thread_keeps_file_work_off_the_loop(tax_runtime: Runtim
     tax_runtime.contracts.loader = loader
     before = set(tax_runtime.contracts.current.ids())
     (settings.contracts.dir / "broken.yaml").write_text("id: [\n", encoding="utf-8")
-    await tax_runtime.reload_in_thread()
+    await tax_runtime.reload()
     loop_thread = threading.get_ident()
     assert holder.threads
     assert loop_thread not in holder.threads
@@ -228,24 +228,24 @@ class BlockingLoader(ContractDirLoader):
 
 
 async def test_reloads_never_overlap(tax_runtime: Runtime) -> None:
-    """A reload() during a threaded one waits for it; the stale threaded result is dropped."""
+    """Reloads queue: the next one reads files only once the one before has applied."""
     directory = tax_runtime.settings.contracts.dir
     loader = BlockingLoader(directory)
     tax_runtime.contracts.loader = loader
     (directory / "broken.yaml").write_text("id: [\n", encoding="utf-8")
-    threaded = asyncio.create_task(tax_runtime.reload_in_thread())
-    queued = asyncio.create_task(tax_runtime.reload_in_thread())
+    first = asyncio.create_task(tax_runtime.reload())
+    queued = [asyncio.create_task(tax_runtime.reload()) for _ in range(2)]
     assert await asyncio.to_thread(loader.entered.wait, 30)
+    await asyncio.sleep(0.05)  # time for a queued reload to reach its file work, if it could
+    assert not any(task.done() for task in queued)
     loader.release.set()
-    tax_runtime.reload()  # waits for the thread's file work, then applies its own
-    assert _failures(tax_runtime, "contracts") == 1
-    await asyncio.gather(threaded, queued)
-    # The threaded result was made before reload() applied: dropped, not counted twice;
-    # the queued one found nothing new.
+    await asyncio.gather(first, *queued)
+    # Had the queued reloads read the files before the first applied its result,
+    # each would have found the bad file new and counted it again.
     assert _failures(tax_runtime, "contracts") == 1
     assert tax_runtime.contracts.reload_failures == 1
     (directory / "broken.yaml").unlink()
-    await tax_runtime.reload_in_thread()
+    await tax_runtime.reload()
     assert tax_runtime.contracts.problems == ()
 
 
