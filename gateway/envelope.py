@@ -23,13 +23,13 @@ from gateway.errors import (
 )
 from gateway.jose import (
     MESSAGE_LIFETIME,
-    _split_jws,
-    _SplitJWS,
+    UnverifiedJWS,
     canonical_json,
     claim_type_problem,
     decrypt,
     encrypt,
     freshness_problem,
+    parse_jws,
     sign_jwt,
 )
 from gateway.keys import PrivateKey, PublicKey, b64url
@@ -159,19 +159,17 @@ def seal_request(
     return _seal(claims, signing_key, recipient, REQUEST_JWS_TYP, REQUEST_JWE_TYP)
 
 
-def _decrypt_inner(jwe: str, keys: Collection[PrivateKey], jwe_typ: str, jws_typ: str) -> _SplitJWS:
-    """The inner JWS, split as ``parse_jws`` splits it (checks and errors alike).
-
-    Its claims are parsed once and its payload is never needed again: a
-    ``_SplitJWS`` frees the payload's bytes before parsing them (memory).
-    """
+def _decrypt_inner(
+    jwe: str, keys: Collection[PrivateKey], jwe_typ: str, jws_typ: str
+) -> UnverifiedJWS:
+    """The inner JWS, split by ``parse_jws`` (its claims to be taken once)."""
     plaintext = decrypt(jwe, keys, jwe_typ)
     try:
         inner = plaintext.decode("ascii")
     except UnicodeDecodeError as exc:
         raise EnvelopeInvalid("the envelope is not valid") from exc
     del plaintext  # its text is all that is needed from here (memory)
-    return _split_jws(inner, jws_typ)
+    return parse_jws(inner, jws_typ)
 
 
 def open_request(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeGuard
 
@@ -362,59 +362,13 @@ def _check_common_header(header: Mapping[str, Any], expected_typ: str) -> None:
         raise MalformedJose("kid missing")
 
 
-@dataclass(frozen=True)
-class UnverifiedJWS:
-    """A compact JWS split and header-checked, its signature not yet verified."""
-
-    compact: str
-    header: Mapping[str, Any]
-    payload: bytes
-    signature: bytes
-
-    @property
-    def kid(self) -> str:
-        """The signer's ``kid`` from the header (checked to be a string)."""
-        return str(self.header["kid"])
-
-    @property
-    def signing_input(self) -> bytes:
-        """``BASE64URL(header) || '.' || BASE64URL(payload)`` as ASCII."""
-        return self.compact.rsplit(".", 1)[0].encode("ascii")
-
-    def claims(self) -> dict[str, Any]:
-        """The payload as a strict JSON object (call only after :meth:`verify`)."""
-        return strict_json_object(self.payload)
-
-    def verify(self, key: PublicKey) -> None:
-        """Verify with ``key``: its ``alg`` must match the header and the signature hold."""
-        _verify_jws(self.header, self.signature, key, lambda: self.signing_input)
-
-
-def _verify_jws(
-    header: Mapping[str, Any],
-    signature: bytes,
-    key: PublicKey,
-    signing_input: Callable[[], _Buffer],
-) -> None:
-    """:meth:`UnverifiedJWS.verify`, the signing input made only once the key fits."""
-    if key.use != "sig":
-        raise BadSignature("key is not a signing key")
-    alg = header.get("alg")
-    if not isinstance(alg, str) or not key.accepts_alg(alg):
-        raise BadSignature(f"alg does not match the key's {key.alg}")
-    signer = _SIGNERS.get(alg)
-    if signer is None or not signer.verify(signing_input(), key.key, signature):
-        raise BadSignature("signature does not verify")
-
-
 @dataclass
-class _SplitJWS:
-    """:class:`UnverifiedJWS` for one use: its payload is given up to be parsed.
+class UnverifiedJWS:
+    """A compact JWS split and header-checked, its signature not yet verified.
 
-    The payload's bytes are then freed as soon as they are decoded to text,
-    before the JSON is parsed: the claims, their text and the payload's bytes
-    are not all alive at once (memory). For a caller that needs the claims
-    once and never the payload.
+    Not frozen for one reason: :meth:`take_claims` gives the payload's bytes
+    up, so a large message's claims, their text and its payload's bytes are
+    not all alive at once (memory).
     """
 
     compact: str
@@ -427,37 +381,40 @@ class _SplitJWS:
         """The signer's ``kid`` from the header (checked to be a string)."""
         return str(self.header["kid"])
 
-    def take_claims(self) -> dict[str, Any]:
-        """:meth:`UnverifiedJWS.claims`, once: the payload is empty after."""
-        payload, self.payload = self.payload, b""
-        text = _strict_json_text(payload)
-        del payload  # freed before the parse
-        return _strict_json_parse(text)
-
-    def verify(self, key: PublicKey) -> None:
-        """:meth:`UnverifiedJWS.verify`."""
-        _verify_jws(self.header, self.signature, key, self._signing_input)
-
-    def _signing_input(self) -> memoryview:
+    @property
+    def signing_input(self) -> _Buffer:
+        """``BASE64URL(header) || '.' || BASE64URL(payload)`` as ASCII."""
         # A view of one ASCII copy of the (parsed, so ASCII) compact, where
         # slicing and then encoding it makes two (memory).
         encoded = self.compact.encode("ascii")
         return memoryview(encoded)[: encoded.rindex(b".")]
 
+    def claims(self) -> dict[str, Any]:
+        """The payload as a strict JSON object (call only after :meth:`verify`)."""
+        return strict_json_object(self.payload)
+
+    def take_claims(self) -> dict[str, Any]:
+        """:meth:`claims`, once: the payload is empty after, its bytes freed before the parse."""
+        payload, self.payload = self.payload, b""
+        text = _strict_json_text(payload)
+        del payload
+        return _strict_json_parse(text)
+
+    def verify(self, key: PublicKey) -> None:
+        """Verify with ``key``: its ``alg`` must match the header and the signature hold."""
+        if key.use != "sig":
+            raise BadSignature("key is not a signing key")
+        alg = self.header.get("alg")
+        if not isinstance(alg, str) or not key.accepts_alg(alg):
+            raise BadSignature(f"alg does not match the key's {key.alg}")
+        signer = _SIGNERS.get(alg)
+        # The signing input is made only once the key fits: a large copy otherwise.
+        if signer is None or not signer.verify(self.signing_input, key.key, self.signature):
+            raise BadSignature("signature does not verify")
+
 
 def parse_jws(compact: object, expected_typ: str) -> UnverifiedJWS:
     """Split a compact JWS and apply the 3.0 header rules for position ``expected_typ``."""
-    _, header, payload, signature = _jws_parts(compact, expected_typ)
-    return UnverifiedJWS(compact=str(compact), header=header, payload=payload, signature=signature)
-
-
-def _split_jws(compact: object, expected_typ: str) -> _SplitJWS:
-    """:func:`parse_jws` for a caller that takes the claims once (see :class:`_SplitJWS`)."""
-    return _SplitJWS(*_jws_parts(compact, expected_typ))
-
-
-def _jws_parts(compact: object, expected_typ: str) -> tuple[str, dict[str, Any], bytes, bytes]:
-    """The checks of :func:`parse_jws`; the compact text, header, payload and signature."""
     text, (header_at, payload_at, signature_at) = _segment_bounds(compact, 3)
     header = _header(_segment(text, header_at))
     _check_common_header(header, expected_typ)
@@ -469,7 +426,7 @@ def _jws_parts(compact: object, expected_typ: str) -> tuple[str, dict[str, Any],
         signature = _b64url_decode_segment(text, signature_at)
     except ValueError as exc:
         raise MalformedJose(f"payload or signature: {exc}") from exc
-    return text, header, payload, signature
+    return UnverifiedJWS(compact=text, header=header, payload=payload, signature=signature)
 
 
 def sign_jws(payload: bytes, key: PrivateKey, typ: str) -> str:

@@ -142,7 +142,7 @@ def p256_public(key: PrivateKey) -> ec.EllipticCurvePublicKey:
     return key.key.public_key()
 
 
-@dataclass(frozen=True)
+@dataclass
 class RawInputJWS(jose.UnverifiedJWS):
     """An :class:`UnverifiedJWS` over arbitrary message bytes.
 
