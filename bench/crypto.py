@@ -196,7 +196,7 @@ class ExchangeCrypto:
             registry=self.registry,
             provider=PROVIDER,
             consumer=CONSUMER,
-            request=sealed,
+            request=sealed.binding,
             within_contract=_released,
             now=now,
         )

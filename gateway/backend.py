@@ -10,15 +10,14 @@ or anything that is not a JSON object, is ``backend-error``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import aiohttp
 
-from gateway.bodies import read_bounded
+from gateway.bodies import HandedBody, read_bounded
 from gateway.errors import BackendError, BackendTimeout, MalformedJose
-from gateway.jose import canonical_json, strict_json_object
+from gateway.jose import strict_json_object
 from gateway.tracing import outgoing_headers
 
 # A backend answer larger than this is refused rather than buffered.
@@ -31,7 +30,9 @@ class BackendRequest:
 
     url: str
     timeout: float
-    body: Mapping[str, Any]
+    # The request body's JSON, taken when sent: serialized before the call so that
+    # the parsed body (several times its JSON) is not held through it (memory).
+    body: HandedBody
     consumer: str
     contract: str
     purpose: str
@@ -73,7 +74,7 @@ class HttpBackend:
         try:
             async with asyncio.timeout(request.timeout):
                 async with self._session.post(
-                    request.url, data=canonical_json(request.body), headers=headers
+                    request.url, data=request.body.take(), headers=headers
                 ) as response:
                     raw = await read_bounded(response.content, MAX_BACKEND_RESPONSE_BYTES)
                     status = response.status

@@ -7,6 +7,8 @@ body sent in several writes would be cut short. Every body the gateway reads
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import aiohttp
 
 
@@ -20,3 +22,20 @@ async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes | None
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+@dataclass
+class HandedBody:
+    """A large body passed down a chain of calls, to be taken once where it is used.
+
+    The frames it passes through hold only this box, so once taken and used
+    the bytes are freed, not kept alive until every caller returns (memory:
+    a sealed message is larger than the body it carries).
+    """
+
+    data: bytes
+
+    def take(self) -> bytes:
+        """The bytes, given up: the box is empty after."""
+        data, self.data = self.data, b""
+        return data

@@ -70,6 +70,14 @@ _RESPONSE_CLAIMS: Final[Mapping[str, type]] = {
 
 
 @dataclass(frozen=True)
+class RequestBinding:
+    """What the response to a request must name (3.4): its ``jti``, and its inner JWS's hash."""
+
+    jti: str
+    req_hash: str
+
+
+@dataclass(frozen=True)
 class SealedMessage:
     """A message ready to send: the JWE, and the inner JWS it wraps (for hashes)."""
 
@@ -77,25 +85,30 @@ class SealedMessage:
     jws: str
     jti: str
 
+    @property
+    def binding(self) -> RequestBinding:
+        """What a response to this request must name, to keep once the message is sent."""
+        return RequestBinding(jti=self.jti, req_hash=token_hash(self.jws))
+
 
 @dataclass(frozen=True)
 class OpenedMessage:
-    """A decrypted message whose inner signature verified."""
+    """A decrypted message whose inner signature verified.
 
-    jws: str
+    The inner JWS itself is not kept, only what is needed of it: its hash
+    (``req_hash`` / ``resp_hash``) and its signature (audit evidence). A large
+    message's JWS is larger than its body's JSON (memory).
+    """
+
     claims: Mapping[str, Any]
     signer: PublicKey
+    jws_hash: str  # token_hash of the inner JWS
+    signature: str  # the inner JWS's signature segment
 
     @property
     def jti(self) -> str:
         """The message id."""
         return str(self.claims["jti"])
-
-    @property
-    def signature(self) -> str:
-        """The sender's signature segment: evidence for the audit record."""
-        # Sliced after the last dot: rsplit would also copy all before it.
-        return self.jws[self.jws.rindex(".") + 1 :]
 
     @property
     def body(self) -> dict[str, Any]:
@@ -161,15 +174,26 @@ def seal_request(
 
 def _decrypt_inner(
     jwe: str, keys: Collection[PrivateKey], jwe_typ: str, jws_typ: str
-) -> UnverifiedJWS:
-    """The inner JWS, split by ``parse_jws`` (its claims to be taken once)."""
+) -> tuple[UnverifiedJWS, str]:
+    """The inner JWS, split by ``parse_jws`` (its claims to be taken once), and its hash."""
     plaintext = decrypt(jwe, keys, jwe_typ)
     try:
         inner = plaintext.decode("ascii")
     except UnicodeDecodeError as exc:
         raise EnvelopeInvalid("the envelope is not valid") from exc
+    # token_hash(inner), from the bytes at hand rather than a new copy (memory).
+    digest = b64url(hashlib.sha256(plaintext).digest())
     del plaintext  # its text is all that is needed from here (memory)
-    return parse_jws(inner, jws_typ)
+    return parse_jws(inner, jws_typ), digest
+
+
+def _opened(
+    inner: UnverifiedJWS, digest: str, claims: Mapping[str, Any], key: PublicKey
+) -> OpenedMessage:
+    compact = inner.compact
+    return OpenedMessage(
+        claims=claims, signer=key, jws_hash=digest, signature=compact[compact.rindex(".") + 1 :]
+    )
 
 
 def open_request(
@@ -181,7 +205,7 @@ def open_request(
 ) -> OpenedMessage:
     """Checks 2 (``envelope-invalid``) and 3 (``signature-invalid``) of protocol 3.3."""
     try:
-        inner = _decrypt_inner(jwe, decryption_keys, REQUEST_JWE_TYP, REQUEST_JWS_TYP)
+        inner, digest = _decrypt_inner(jwe, decryption_keys, REQUEST_JWE_TYP, REQUEST_JWS_TYP)
         if inner.kid != token.jkt:
             raise EnvelopeInvalid(
                 "the envelope is not valid", audit_detail="inner kid is not the token's cnf.jkt"
@@ -206,7 +230,7 @@ def open_request(
         raise SignatureInvalid(
             "the request signature does not verify", audit_detail=str(exc)
         ) from exc
-    return OpenedMessage(jws=inner.compact, claims=claims, signer=key)
+    return _opened(inner, digest, claims, key)
 
 
 def check_request_binding(
@@ -271,31 +295,13 @@ def seal_response(
         "iat": now,
         "exp": now + MESSAGE_LIFETIME,
         "in_reply_to": request.jti,
-        "req_hash": token_hash(request.jws),
+        "req_hash": request.jws_hash,
         "status": status,
         "fields": sorted(fields),
         "body": dict(body),
         "audit": dict(audit),
     }
     return _seal(claims, signing_key, recipient, RESPONSE_JWS_TYP, RESPONSE_JWE_TYP)
-
-
-# Large messages are hashed this many characters at a time.
-_HASH_SLICE_CHARS: Final = 256 * 1024
-
-
-def _message_hash(compact: str) -> str:
-    """``token_hash(compact)``, hashed a slice at a time.
-
-    For a check made while a large response's claims are alive: hashing
-    does not add a whole copy of a large request to them (memory).
-    """
-    if not compact.isascii():
-        return token_hash(compact)  # which refuses it
-    digest = hashlib.sha256()
-    for start in range(0, len(compact), _HASH_SLICE_CHARS):
-        digest.update(compact[start : start + _HASH_SLICE_CHARS].encode("ascii"))
-    return b64url(digest.digest())
 
 
 # Given the released ``fields`` claim and ``body``, the reason they exceed the
@@ -310,7 +316,7 @@ def open_response(
     registry: SigningKeyLookup,
     provider: str,
     consumer: str,
-    request: SealedMessage,
+    request: RequestBinding,
     within_contract: ReleaseCheck,
     now: int,
 ) -> OpenedMessage:
@@ -328,7 +334,7 @@ def open_response(
         )
 
     try:
-        inner = _decrypt_inner(jwe, decryption_keys, RESPONSE_JWE_TYP, RESPONSE_JWS_TYP)
+        inner, digest = _decrypt_inner(jwe, decryption_keys, RESPONSE_JWE_TYP, RESPONSE_JWS_TYP)
         key = registry.signing_key(provider, inner.kid)
         if key is None:
             raise refuse("response signed by a key the registry does not list for the provider")
@@ -347,11 +353,11 @@ def open_response(
         raise refuse("response status is not an answer (200-499)")
     if claims["in_reply_to"] != request.jti:
         raise refuse("in_reply_to is not our request")
-    if claims["req_hash"] != _message_hash(request.jws):
+    if claims["req_hash"] != request.req_hash:
         raise refuse("req_hash is not our request")
     if not all(isinstance(path, str) for path in claims["fields"]):
         raise refuse("fields must be strings")
     leak = within_contract(claims["fields"], claims["body"])
     if leak:
         raise refuse(f"released data exceeds the contract: {leak}")
-    return OpenedMessage(jws=inner.compact, claims=claims, signer=key)
+    return _opened(inner, digest, claims, key)

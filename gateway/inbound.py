@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 
 from gateway.audit.records import AuditRecord, new_record_identity, record_time
 from gateway.backend import Backend, BackendRequest
+from gateway.bodies import HandedBody
 from gateway.contracts import Contract
 from gateway.envelope import (
     OpenedMessage,
@@ -39,6 +40,7 @@ from gateway.errors import (
     TokenRequestError,
     UnknownService,
 )
+from gateway.jose import canonical_json
 from gateway.metrics import OK, Phases
 from gateway.runtime import Runtime
 from gateway.tokens import (
@@ -48,7 +50,6 @@ from gateway.tokens import (
     Grant,
     issue_access_token,
     parse_authorization_details,
-    token_hash,
     verify_client_assertion,
 )
 
@@ -92,7 +93,7 @@ class ExchangeContext:
             claims = self.request.claims
             fields.update(
                 jti=self.request.jti,
-                req_hash=token_hash(self.request.jws),
+                req_hash=self.request.jws_hash,
                 evidence=self.request.signature,
                 client=claims["client"],
                 subject=runtime.pseudonymize(claims["subject"]),
@@ -326,9 +327,9 @@ class Provider:
         service: str,
         authorization: str | None,
         content_type: str | None,
-        jwe: str,
+        body: HandedBody,
         context: ExchangeContext,
-    ) -> tuple[str, int]:
+    ) -> tuple[bytes, int]:
         """Run checks 1-8, the backend and the field filter; the sealed response and index.
 
         A refusal is raised for the caller to pass to :meth:`refuse`; the
@@ -336,7 +337,7 @@ class Provider:
         audited.
         """
         try:
-            answer = await self._exchange(service, authorization, content_type, jwe, context)
+            answer = await self._exchange(service, authorization, content_type, body, context)
         except AuditUnavailable as exc:
             self._count(context, exc.problem)
             raise
@@ -348,9 +349,9 @@ class Provider:
         service: str,
         authorization: str | None,
         content_type: str | None,
-        jwe: str,
+        body: HandedBody,
         context: ExchangeContext,
-    ) -> tuple[str, int]:
+    ) -> tuple[bytes, int]:
         runtime = self.runtime
         now = runtime.now()
         # 1. token-invalid
@@ -367,6 +368,12 @@ class Provider:
         # 2. envelope-invalid, 3. signature-invalid
         if (content_type or "").split(";")[0].strip().lower() != "application/jose":
             raise EnvelopeInvalid("Content-Type must be application/jose")
+        raw = body.take()
+        try:
+            jwe = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            jwe = ""  # refused by open_request, as any other bad envelope
+        del raw  # only its text is needed (memory)
         with context.phases.timed("crypto"):
             request = open_request(
                 jwe,
@@ -374,6 +381,8 @@ class Provider:
                 token=token,
                 registry=runtime.trusted(),
             )
+        request_size = len(jwe)
+        del jwe  # opened: not held through the backend call (memory)
         context.request = request
         # 4. binding-mismatch
         contract = runtime.contract(token.grant.contract)
@@ -393,7 +402,7 @@ class Provider:
             raise Replay("this message id was already used")
         # 7. contract-denied
         contract = self._contract_in_force(contract, token, request, now)
-        if len(jwe) > contract.max_request_bytes:
+        if request_size > contract.max_request_bytes:
             raise PayloadTooLarge("the request is larger than the contract allows")
         # 8. rate-limited
         limit = contract.rate_limit
@@ -439,25 +448,25 @@ class Provider:
         contract: Contract,
         token: AccessToken,
         context: ExchangeContext,
-    ) -> tuple[str, int]:
+    ) -> tuple[bytes, int]:
         runtime = self.runtime
         settings = runtime.settings.services[service]
         request = context.request
         if request is None:  # pragma: no cover - _exchange opened it before calling
             raise RuntimeError("no opened request to answer")
+        called = time.perf_counter()
         outgoing = BackendRequest(
             url=str(settings.backend_url),
             timeout=settings.timeout_seconds,
-            body=request.body,
+            body=HandedBody(canonical_json(request.body)),
             consumer=token.consumer,
             contract=contract.id,
             purpose=token.grant.purpose,
             exchange_id=request.jti,
         )
-        # From here on only the backend call holds the parsed request body; the
-        # message is kept for its binding and identities (memory).
+        # From here on nothing holds the parsed request body, only the backend call
+        # its JSON; the message is kept for its binding and identities (memory).
         request = context.request = request.without_body()
-        called = time.perf_counter()
         outcome = "backend-error"
         try:
             answer = await self.backend.call(outgoing)
@@ -500,4 +509,6 @@ class Provider:
                 recipient=recipient,
                 now=runtime.now(),
             )
-        return sealed.jwe, index
+        jwe = sealed.jwe
+        del sealed  # its inner JWS is not needed to send it (memory)
+        return jwe.encode("ascii"), index

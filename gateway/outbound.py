@@ -16,9 +16,9 @@ from typing import Any, Final, Protocol, TypeGuard
 
 import aiohttp
 
-from gateway.bodies import read_bounded
+from gateway.bodies import HandedBody, read_bounded
 from gateway.contracts import Contract
-from gateway.envelope import SealedMessage, open_response, seal_request
+from gateway.envelope import RequestBinding, open_response, seal_request
 from gateway.errors import (
     AuditUnavailable,
     BadRequest,
@@ -40,7 +40,6 @@ from gateway.tokens import (
     GRANT_TYPE,
     RequestedGrant,
     make_client_assertion,
-    token_hash,
 )
 from gateway.tracing import outgoing_headers
 
@@ -264,17 +263,22 @@ class Consumer:
                     recipient=recipient,
                     now=runtime.now(),
                 )
-            # Parsed, a body is several times its JSON: not held while the answer is
+            # Parsed, a body is several times its JSON, and the sealed message's
+            # JWS and JWE are each larger than it: none is held while the answer is
             # awaited and opened (memory). A retry parses the client's bytes again.
             del body
-            members.update(jti=sealed.jti, req_hash=token_hash(sealed.jws))
+            binding = sealed.binding
+            outgoing = HandedBody(sealed.jwe.encode("ascii"))
+            del sealed
+            members.update(jti=binding.jti, req_hash=binding.req_hash)
             try:
                 return await self._send(
                     provider_url=provider_url,
                     call=call,
                     contract=contract,
                     token=token,
-                    sealed=sealed,
+                    outgoing=outgoing,
+                    binding=binding,
                     members=members,
                     started=started,
                     phases=phases,
@@ -390,7 +394,8 @@ class Consumer:
         call: ClientRequest,
         contract: Contract,
         token: str,
-        sealed: SealedMessage,
+        outgoing: HandedBody,
+        binding: RequestBinding,
         members: dict[str, Any],
         started: float,
         phases: Phases,
@@ -399,7 +404,7 @@ class Consumer:
         with phases.timed("upstream"):
             status, content_type, raw, headers = await self.transport.post(
                 f"{provider_url}/v1/services/{call.service}",
-                data=sealed.jwe.encode("ascii"),
+                data=outgoing.take(),
                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/jose"},
             )
         if status != 200:
@@ -425,7 +430,7 @@ class Consumer:
                 registry=runtime.trusted(),
                 provider=call.provider,
                 consumer=runtime.agency,
-                request=sealed,
+                request=binding,
                 within_contract=within_contract,
                 now=runtime.now(),
             )
@@ -434,7 +439,7 @@ class Consumer:
         provider_index = claims["audit"].get("index")
         members.update(
             fields=list(claims["fields"]),
-            resp_hash=token_hash(response.jws),
+            resp_hash=response.jws_hash,
             evidence=response.signature,
             latency_us=elapsed_us(started),
         )
@@ -450,7 +455,7 @@ class Consumer:
         return ExchangeResult(
             body=response.body,
             status=claims["status"],
-            exchange_id=sealed.jti,
+            exchange_id=binding.jti,
             contract=contract.id,
             audit_index=index,
             provider_audit_index=provider_index if isinstance(provider_index, int) else None,

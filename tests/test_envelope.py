@@ -185,7 +185,7 @@ class TestRequestRoundTrip:
         token = world.token(now)
         sealed = world.seal(now, token)
         opened = world.open(sealed.jwe, token)
-        assert opened.jws == sealed.jws
+        assert opened.jws_hash == token_hash(sealed.jws) == sealed.binding.req_hash
         assert opened.jti == sealed.jti
         assert opened.signer == world.consumer_sig.public
         assert opened.signature == sealed.jws.rsplit(".", 1)[1]
@@ -233,14 +233,14 @@ class TestRequestRoundTrip:
         assert opened.body == body
 
     def test_without_body(self, world: World, now: int) -> None:
-        """Every claim but the body, the same JWS and signer; the original is left whole."""
+        """Every claim but the body; the same hash, signature and signer; the original whole."""
         token = world.token(now)
         opened = world.open(world.seal(now, token).jwe, token)
         slim = opened.without_body()
         assert "body" not in slim.claims
         assert dict(slim.claims) == {k: v for k, v in opened.claims.items() if k != "body"}
-        assert (slim.jws, slim.jti, slim.signer, slim.signature) == (
-            opened.jws,
+        assert (slim.jws_hash, slim.jti, slim.signer, slim.signature) == (
+            opened.jws_hash,
             opened.jti,
             opened.signer,
             opened.signature,
@@ -597,7 +597,7 @@ def open_reply(
         registry=exchange.world.registry,
         provider=provider,
         consumer=consumer,
-        request=request or exchange.sealed,
+        request=(request or exchange.sealed).binding,
         within_contract=within_contract,
         now=now,
     )

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from gateway.backend import BackendRequest, HttpBackend
+from gateway.bodies import HandedBody
 from gateway.demo.network import BENEFITS, POPULATION, TAX
 from gateway.observability import configure_logging
 from gateway.outbound import HttpPeerTransport
@@ -374,7 +375,7 @@ class TestOutgoingCalls:
         request = BackendRequest(
             url=f"{url}/income-records",
             timeout=5,
-            body={"national_id": "x"},
+            body=HandedBody(b'{"national_id":"x"}'),
             consumer=BENEFITS,
             contract="c",
             purpose=PURPOSE,

@@ -443,7 +443,7 @@ class Peer:
             registry=self.net.registry,
             provider=self.provider,
             consumer=self.consumer,
-            request=request,
+            request=request.binding,
             within_contract=lambda _fields, _body: None,
             now=int(time.time()),
         )

@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.backend import HttpBackend
-from gateway.bodies import read_bounded
+from gateway.bodies import HandedBody, read_bounded
 from gateway.errors import (
     AuditUnavailable,
     Overloaded,
@@ -153,17 +153,12 @@ async def service_endpoint(request: web.Request) -> web.Response:
     try:
         try:
             provider.check_service(service, context)
-            raw = await _read_limited(request, runtime.settings.limits.max_body_bytes)
-            try:
-                jwe = raw.decode("ascii").strip()
-            except UnicodeDecodeError:
-                jwe = ""
-            del raw  # only its text is needed: not held through the exchange (memory)
+            body = HandedBody(await _read_limited(request, runtime.settings.limits.max_body_bytes))
             sealed, index = await provider.exchange(
                 service,
                 request.headers.get("Authorization"),
                 request.headers.get("Content-Type"),
-                jwe,
+                body,
                 context,
             )
         except AuditUnavailable:
@@ -176,7 +171,7 @@ async def service_endpoint(request: web.Request) -> web.Response:
         raise
     _log_inbound(runtime, context, audit_index=index)
     return web.Response(
-        body=sealed.encode("ascii"),
+        body=sealed,
         content_type="application/jose",
         headers={"Cache-Control": "no-store"},
     )
