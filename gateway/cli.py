@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from gateway.allocator import map_large_buffers
 from gateway.audit.commands import add_audit_commands
 from gateway.audit.records import generate_audit_key, rotate_audit_key
 from gateway.config import GatewaySettings, hash_api_key, load_settings
@@ -198,6 +199,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = Path(args.config)
     settings = load_settings(config)
+    map_large_buffers()  # this process serves until it exits: see gateway.allocator
     if args.worker_index is not None:
         return _serve_as_worker(args, settings)
     configure_logging(settings.log.level, settings.log.format)
