@@ -181,8 +181,7 @@ def _decrypt_inner(
         inner = plaintext.decode("ascii")
     except UnicodeDecodeError as exc:
         raise EnvelopeInvalid("the envelope is not valid") from exc
-    # token_hash(inner), from the bytes at hand rather than a new copy (memory).
-    digest = b64url(hashlib.sha256(plaintext).digest())
+    digest = token_hash(plaintext)  # the bytes at hand, checked ASCII above
     del plaintext  # its text is all that is needed from here (memory)
     return parse_jws(inner, jws_typ), digest
 

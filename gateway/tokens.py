@@ -61,9 +61,13 @@ def new_jti() -> str:
     return b64url(secrets.token_bytes(16))
 
 
-def token_hash(compact: str) -> str:
-    """base64url(SHA-256(ASCII bytes of a compact serialization)): ``ath`` and ``req_hash``."""
-    return b64url(hashlib.sha256(compact.encode("ascii")).digest())
+def token_hash(compact: str | bytes) -> str:
+    """base64url(SHA-256(ASCII bytes of a compact serialization)): ``ath`` and ``req_hash``.
+
+    Given the bytes already (a decrypted inner JWS), no ASCII copy is made (memory).
+    """
+    data = compact.encode("ascii") if isinstance(compact, str) else compact
+    return b64url(hashlib.sha256(data).digest())
 
 
 @dataclass(frozen=True)

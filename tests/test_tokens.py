@@ -120,6 +120,7 @@ class TestHelpers:
         """token_hash is base64url(SHA-256(ASCII bytes)) without padding."""
         expected = b64url(hashlib.sha256(b"a.b.c").digest())
         assert token_hash("a.b.c") == expected
+        assert token_hash(b"a.b.c") == expected  # the same from the bytes
         assert "=" not in expected
 
     def test_requested_grant_json(self) -> None:
