@@ -5,20 +5,21 @@ view for people (``log.format: console``, which ``gateway demo`` uses), at the
 configured ``log.level``. They carry ids of agencies, contracts, services and
 messages, never a subject id, an end-user id, a body, a key or a token. Every
 line written while a request is handled carries its ``trace_id`` and
-``span_id`` (:mod:`gateway.tracing`, bound with :func:`bound_context`); each
+``span_id``, read from the request's span (:data:`gateway.tracing.CURRENT`); each
 side of each exchange writes exactly one ``exchange`` event (see
 ``gateway/web/app.py``). Metrics are in :mod:`gateway.metrics`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
 import structlog
+
+from gateway import tracing
 
 
 def configure_logging(
@@ -47,7 +48,7 @@ def configure_logging(
     )
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            add_trace_ids,
             *extra,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -63,14 +64,21 @@ def configure_logging(
     )
 
 
+def add_trace_ids(_logger: Any, _method: str, event: Any) -> Any:
+    """Put the ``trace_id`` and ``span_id`` of the request being handled on its lines.
+
+    The span is the one :func:`gateway.tracing.active` made current; a context
+    variable, so each request task sees only its own. Reading it here, rather
+    than binding copies of the ids per request, keeps one source of truth and
+    costs one lookup per line written.
+    """
+    span = tracing.CURRENT.get()
+    if span is not None:
+        event.setdefault("trace_id", span.trace_id)
+        event.setdefault("span_id", span.span_id)
+    return event
+
+
 def get_logger(**bound: Any) -> Any:
     """A structlog logger with ``bound`` context (agency id, component)."""
     return structlog.get_logger().bind(**bound)
-
-
-def bound_context(**values: str) -> contextlib.AbstractContextManager[Any]:
-    """Put ``values`` (trace and span ids) on every log line written inside the ``with``.
-
-    They live in context variables, so each request task sees only its own.
-    """
-    return structlog.contextvars.bound_contextvars(**values)

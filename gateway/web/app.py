@@ -30,7 +30,7 @@ from gateway.errors import (
 from gateway.inbound import ExchangeContext, Provider
 from gateway.jose import canonical_json
 from gateway.keys import jwks_document
-from gateway.observability import bound_context, get_logger
+from gateway.observability import get_logger
 from gateway.outbound import ClientRequest, Consumer, ExchangeResult, HttpPeerTransport
 from gateway.runtime import Runtime
 from gateway.tracing import HEADER as TRACEPARENT
@@ -73,7 +73,7 @@ async def trace(request: web.Request, handler: Handler) -> web.StreamResponse:
     calls carry a child span, and the answer carries ``traceparent`` of ours.
     """
     span = continue_or_start(request.headers.getall(TRACEPARENT, []))
-    with active(span), bound_context(trace_id=span.trace_id, span_id=span.span_id):
+    with active(span):
         response = await handler(request)
     if not response.prepared:
         response.headers[TRACEPARENT] = span.traceparent()
