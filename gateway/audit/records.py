@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import orjson
 import rfc8785
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -102,17 +102,16 @@ def jcs_bytes(members: Mapping[str, Any]) -> bytes:
     """RFC 8785 (JCS) bytes of a record's members, the fast way where it is the same.
 
     For what a record holds (text, integers, lists and maps of text), JCS is
-    ``json.dumps`` with sorted keys, no whitespace and no ASCII escaping: its
-    string escapes are ECMAScript's, and sorting by UTF-16 code units equals
-    sorting by code points while keys are ASCII. Anything else (a non-ASCII
-    key, a float, an integer past 2^53, a lone surrogate) goes through the
-    rfc8785 library, which is exact but costs about three times as much.
+    compact JSON with sorted keys and no ASCII escaping, which orjson writes
+    (``OPT_SORT_KEYS``): its string escapes are ECMAScript's, and sorting by
+    UTF-16 code units equals sorting by code points while keys are ASCII.
+    Anything else (a non-ASCII key, a float, an integer past 2^53, a lone
+    surrogate, which orjson refuses) goes through the rfc8785 library, which
+    is exact but costs several times as much.
     """
     if _plain_json(members):
-        with contextlib.suppress(UnicodeEncodeError):
-            return json.dumps(
-                members, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-            ).encode("utf-8")
+        with contextlib.suppress(TypeError):  # orjson.JSONEncodeError is one
+            return orjson.dumps(members, option=orjson.OPT_SORT_KEYS)
     return bytes(rfc8785.dumps(members))
 
 
