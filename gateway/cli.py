@@ -208,7 +208,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from gateway.workers import run_workers  # noqa: PLC0415 - beside serve
 
         return run_workers(config, settings, workers)
-    run_on_event_loop(serve(settings, freeze_heap=True), settings.listen.event_loop)
+    run_on_event_loop(serve(settings, tune_gc=True), settings.listen.event_loop)
     return 0
 
 
@@ -224,7 +224,7 @@ def _serve_as_worker(args: argparse.Namespace, settings: GatewaySettings) -> int
         sockets=tuple(socket.socket(fileno=int(fd)) for fd in args.worker_fds.split(",")),
         ready_fd=args.worker_ready_fd,
     )
-    run_on_event_loop(serve(settings, worker=role, freeze_heap=True), settings.listen.event_loop)
+    run_on_event_loop(serve(settings, worker=role, tune_gc=True), settings.listen.event_loop)
     return 0
 
 

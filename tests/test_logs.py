@@ -416,8 +416,8 @@ class TestConfiguration:
         monkeypatch.setattr(cli, "configure_logging", lambda *args: calls.append(args))
         monkeypatch.setattr("gateway.web.server.serve", serve)
         assert cli.main(["serve", "--config", str(config)]) == 0
-        # A process that serves until it exits freezes its start-up heap.
-        assert calls == [("debug", "json"), ("serve", TAX, {"freeze_heap": True})]
+        # A process that serves until it exits tunes the garbage collector for it.
+        assert calls == [("debug", "json"), ("serve", TAX, {"tune_gc": True})]
 
     def test_demo_uses_the_console_view(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

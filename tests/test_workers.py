@@ -49,7 +49,7 @@ from gateway.demo import demo_registry
 from gateway.demo.network import TAX, build_network
 from gateway.errors import SetupError
 from gateway.observability import configure_logging
-from gateway.web.server import WorkerRole, serve
+from gateway.web.server import YOUNG_COLLECTION_THRESHOLD, WorkerRole, serve
 from gateway.workers import (
     READY,
     Supervisor,
@@ -548,12 +548,16 @@ async def test_worker_mode_in_process(tmp_path: Path) -> None:
     )
     stop = asyncio.Event()
     assert gc.get_freeze_count() == 0
-    task = asyncio.create_task(serve(settings, stop=stop, worker=role, freeze_heap=True))
+    threshold = gc.get_threshold()
+    assert threshold[0] != YOUNG_COLLECTION_THRESHOLD
+    task = asyncio.create_task(serve(settings, stop=stop, worker=role, tune_gc=True))
     try:
         ready = await asyncio.wait_for(asyncio.to_thread(os.read, read_fd, 64), 30)
         assert ready == READY
-        # What start-up built (and the rest of this test process) is out of the collector's reach.
+        # What start-up built (and the rest of this test process) is out of the collector's
+        # reach, and the young generation is collected less often; older ones as before.
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, *threshold[1:])
         async with aiohttp.ClientSession() as session:
             answer = await get(session, f"http://127.0.0.1:{port}/healthz")
         assert answer.status == 200
@@ -561,6 +565,7 @@ async def test_worker_mode_in_process(tmp_path: Path) -> None:
         stop.set()
         await asyncio.wait_for(task, 30)
         gc.unfreeze()
+        gc.set_threshold(*threshold)
         os.close(read_fd)
         for sock in sockets:
             sock.close()
