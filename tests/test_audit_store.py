@@ -93,6 +93,13 @@ class TestRecords:
         year_999 = datetime(999, 1, 1, tzinfo=UTC).timestamp()
         assert record_time(year_999) == "0999-01-01T00:00:00.000Z"
 
+    @given(st.floats(min_value=-62_135_596_800, max_value=253_402_300_799))
+    def test_record_time_is_isoformat(self, now: float) -> None:
+        """The same text as datetime's own ISO 8601 rendering, for any time of years 1-9999."""
+        moment = datetime.fromtimestamp(now, UTC)
+        expected = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert record_time(now) == expected
+
     def test_leaf_bytes_omit_absent_members(self) -> None:
         """Absent members are left out of the leaf; schema_version is always there."""
         record = AuditRecord(

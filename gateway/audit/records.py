@@ -143,11 +143,12 @@ def _storable(text: str) -> str:
 def record_time(now: float) -> str:
     """RFC 3339 UTC time with milliseconds, ending in ``Z``."""
     moment = datetime.fromtimestamp(now, UTC)
-    # %Y is not zero-padded below year 1000 (glibc): times must compare as text.
+    # Every field zero-padded (times must compare as text), without strftime:
+    # two of these are written per audit record.
     return (
-        f"{moment.year:04d}"
-        + moment.strftime("-%m-%dT%H:%M:%S.")
-        + f"{moment.microsecond // 1000:03d}Z"
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+        f".{moment.microsecond // 1000:03d}Z"
     )
 
 
