@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 
 from bench.payloads import RECORD_FIELDS, record_bytes, request_bytes
-from gateway.envelope import SealedMessage, open_request, open_response, seal_request
+from gateway.envelope import ReleasedBody, SealedMessage, open_request, open_response, seal_request
 from gateway.envelope import seal_response as seal_response_message
 from gateway.keys import ENC_ALG, PrivateKey, PublicKey, generate_private_keys
 from gateway.tokens import Grant, VerifiedTokenCache, issue_access_token
@@ -183,7 +183,7 @@ class ExchangeCrypto:
             request=opened,
             status=200,
             fields=self.fields,
-            body=self.record,
+            body=ReleasedBody.of(self.record),
             audit={"index": 1_000_000, "origin": f"{PROVIDER}/audit"},
             signing_key=self.provider.signing,
             recipient=self.consumer.encryption.public,

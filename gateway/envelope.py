@@ -27,6 +27,7 @@ from gateway.jose import (
     canonical_json,
     claim_type_problem,
     decrypt,
+    embedded_json,
     encrypt,
     freshness_problem,
     parse_jws,
@@ -268,9 +269,26 @@ def check_fresh(request: OpenedMessage, now: int) -> None:
         raise StaleMessage(f"the message is not fresh: {stale}")
 
 
-def body_hash(body: Mapping[str, Any]) -> str:
-    """Hash of a released body's compact JSON: the provider's ``resp_hash`` evidence."""
-    return b64url(hashlib.sha256(canonical_json(body)).digest())
+@dataclass(frozen=True)
+class ReleasedBody:
+    """A released body as its compact JSON: what the provider hashes and signs.
+
+    Encoded once (:meth:`of`): the filtered object, several times the size of
+    its JSON, need not be kept while the response is sealed (memory), and the
+    bytes hashed for the audit log are the bytes signed.
+    """
+
+    encoded: bytes
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> ReleasedBody:
+        """The released ``body``, encoded as every signed payload is."""
+        return cls(canonical_json(body))
+
+    @property
+    def hash(self) -> str:
+        """base64url SHA-256 of the JSON: the provider's ``resp_hash`` evidence."""
+        return b64url(hashlib.sha256(self.encoded).digest())
 
 
 def seal_response(
@@ -280,7 +298,7 @@ def seal_response(
     request: OpenedMessage,
     status: int,
     fields: list[str],
-    body: Mapping[str, Any],
+    body: ReleasedBody,
     audit: Mapping[str, Any],
     signing_key: PrivateKey,
     recipient: PublicKey,
@@ -297,7 +315,7 @@ def seal_response(
         "req_hash": request.jws_hash,
         "status": status,
         "fields": sorted(fields),
-        "body": dict(body),
+        "body": embedded_json(body.encoded),
         "audit": dict(audit),
     }
     return _seal(claims, signing_key, recipient, RESPONSE_JWS_TYP, RESPONSE_JWE_TYP)

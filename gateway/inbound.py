@@ -20,7 +20,7 @@ from gateway.bodies import HandedBody
 from gateway.contracts import Contract
 from gateway.envelope import (
     OpenedMessage,
-    body_hash,
+    ReleasedBody,
     check_fresh,
     check_request_binding,
     open_request,
@@ -483,10 +483,14 @@ class Provider:
         # the response is sealed (memory).
         del answer
         fields = contract.field_filter.released_paths(released)
+        # Encoded once for the audit log's hash and the signature; the parsed
+        # copy, several times its JSON, is not held through the seal (memory).
+        body = ReleasedBody.of(released)
+        del released
         recipient = runtime.trusted().encryption_key(token.consumer)
         if recipient is None:
             raise ContractDenied("the consumer has no encryption key in the registry")
-        context.extra.update(fields=fields, resp_hash=body_hash(released))
+        context.extra.update(fields=fields, resp_hash=body.hash)
         with context.phases.timed("audit"):
             index = await write_audit(
                 runtime,
@@ -503,7 +507,7 @@ class Provider:
                 request=request,
                 status=status,
                 fields=fields,
-                body=released,
+                body=body,
                 audit={"index": index, "origin": runtime.origin},
                 signing_key=runtime.keys.signing,
                 recipient=recipient,

@@ -225,11 +225,21 @@ def canonical_json(value: Mapping[str, Any]) -> bytes:
     strict JSON refuses them). orjson writes them several times faster; what
     it refuses (integers beyond 64 bits, non-string keys, lone surrogates)
     goes to the standard encoder, which fails or succeeds as it always did.
+    A value from :func:`embedded_json` is written as it is.
     """
     try:
         return orjson.dumps(value)
     except TypeError:  # orjson.JSONEncodeError is one
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def embedded_json(encoded: bytes) -> Any:
+    """JSON already encoded by :func:`canonical_json`, which then writes it as it is.
+
+    For a large value that is both hashed and signed: encoded once, and its
+    parsed form need not be kept until the signature is made.
+    """
+    return orjson.Fragment(encoded)
 
 
 def _compact_text(compact: object) -> str:

@@ -19,8 +19,8 @@ from gateway.envelope import (
     RESPONSE_JWE_TYP,
     RESPONSE_JWS_TYP,
     OpenedMessage,
+    ReleasedBody,
     SealedMessage,
-    body_hash,
     check_fresh,
     check_request_binding,
     open_request,
@@ -577,6 +577,7 @@ def respond(exchange: Exchange, now: int, **changes: Any) -> SealedMessage:
         "now": now,
     }
     arguments.update(changes)
+    arguments["body"] = ReleasedBody.of(arguments["body"])
     return seal_response(**arguments)
 
 
@@ -670,11 +671,20 @@ class TestResponse:
         sealed = respond(exchange, now, status=404, fields=[], body={})
         assert open_reply(exchange, sealed.jwe, now).claims["status"] == 404
 
-    def test_body_hash(self) -> None:
-        """body_hash is base64url SHA-256 of the compact JSON."""
+    def test_released_body_hash(self) -> None:
+        """A released body is its compact JSON; its hash is base64url SHA-256 of that."""
         import hashlib
 
-        assert body_hash({"a": 1}) == b64url(hashlib.sha256(b'{"a":1}').digest())
+        released = ReleasedBody.of({"a": 1, "b": "é"})
+        assert released.encoded == '{"a":1,"b":"é"}'.encode()
+        assert released.hash == b64url(hashlib.sha256(released.encoded).digest())
+
+    def test_signed_body_is_the_hashed_body(self, exchange: Exchange, now: int) -> None:
+        """The body inside the signed response is, byte for byte, the JSON the hash is over."""
+        body = {"national_id": SUBJECT, "year": 2025, "note": "é"}
+        sealed = respond(exchange, now, body=body)
+        payload = b64url_decode(sealed.jws.split(".")[1])
+        assert b'"body":' + ReleasedBody.of(body).encoded + b',"audit"' in payload
 
     def test_wrong_in_reply_to(self, exchange: Exchange, now: int) -> None:
         """A response to another request is refused."""

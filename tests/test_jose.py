@@ -28,6 +28,7 @@ from gateway.jose import (
     claim_type_problem,
     decrypt,
     detached_signature,
+    embedded_json,
     encrypt,
     freshness_problem,
     is_int,
@@ -183,6 +184,25 @@ class TestStrictJson:
         expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         assert canonical_json(value) == expected
         assert strict_json_object(expected) == value
+
+    @settings(max_examples=200)
+    @given(
+        st.dictionaries(
+            st.text(),
+            st.recursive(
+                st.none() | st.integers(min_value=-(2**80), max_value=2**80) | st.text(),
+                lambda inner: (
+                    st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4)
+                ),
+                max_leaves=20,
+            ),
+        )
+    )
+    def test_embedded_json_is_written_as_it_is(self, body: dict[str, Any]) -> None:
+        """Claims holding a body encoded beforehand are the bytes of claims holding the body."""
+        inline = {"iss": "a", "body": body, "status": 200}
+        embedded = {"iss": "a", "body": embedded_json(canonical_json(body)), "status": 200}
+        assert canonical_json(embedded) == canonical_json(inline)
 
     def test_canonical_json_refuses_what_it_always_refused(self) -> None:
         """A lone surrogate cannot be encoded as UTF-8, by either path."""
