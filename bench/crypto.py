@@ -50,7 +50,8 @@ from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 
 from bench.payloads import RECORD_FIELDS, record_bytes, request_bytes
-from gateway.envelope import ReleasedBody, SealedMessage, open_request, open_response, seal_request
+from gateway.bodies import HandedBody
+from gateway.envelope import EncodedBody, SealedMessage, open_request, open_response, seal_request
 from gateway.envelope import seal_response as seal_response_message
 from gateway.keys import ENC_ALG, PrivateKey, PublicKey, generate_private_keys
 from gateway.tokens import Grant, VerifiedTokenCache, issue_access_token
@@ -102,7 +103,7 @@ def seal_bench_request(
         subject=body["national_id"],
         client="bench-client",
         end_user="caseworker-17",
-        body=body,
+        body=EncodedBody.of(body),
         access_token=token,
         signing_key=signing_key,
         recipient=recipient,
@@ -171,7 +172,7 @@ class ExchangeCrypto:
         )
         t2 = clock()
         opened = open_request(
-            sealed.jwe,
+            HandedBody(sealed.jwe),
             decryption_keys=(self.provider.encryption,),
             token=token,
             registry=self.registry,
@@ -183,7 +184,7 @@ class ExchangeCrypto:
             request=opened,
             status=200,
             fields=self.fields,
-            body=ReleasedBody.of(self.record),
+            body=EncodedBody.of(self.record),
             audit={"index": 1_000_000, "origin": f"{PROVIDER}/audit"},
             signing_key=self.provider.signing,
             recipient=self.consumer.encryption.public,
@@ -191,7 +192,7 @@ class ExchangeCrypto:
         )
         t4 = clock()
         open_response(
-            response.jwe,
+            HandedBody(response.jwe),
             decryption_keys=(self.consumer.encryption,),
             registry=self.registry,
             provider=PROVIDER,

@@ -32,7 +32,7 @@ class BackendRequest:
     timeout: float
     # The request body's JSON, taken when sent: serialized before the call so that
     # the parsed body (several times its JSON) is not held through it (memory).
-    body: HandedBody
+    body: HandedBody[bytes]
     consumer: str
     contract: str
     purpose: str

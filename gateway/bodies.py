@@ -8,6 +8,7 @@ body sent in several writes would be cut short. Every body the gateway reads
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import AnyStr, Generic
 
 import aiohttp
 
@@ -25,17 +26,19 @@ async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes | None
 
 
 @dataclass
-class HandedBody:
-    """A large body passed down a chain of calls, to be taken once where it is used.
+class HandedBody(Generic[AnyStr]):
+    """A large body (bytes, or a compact JWE's text) passed down a chain of calls,
+    to be taken once where it is used.
 
     The frames it passes through hold only this box, so once taken and used
-    the bytes are freed, not kept alive until every caller returns (memory:
+    the body is freed, not kept alive until every caller returns (memory:
     a sealed message is larger than the body it carries).
     """
 
-    data: bytes
+    data: AnyStr
 
-    def take(self) -> bytes:
-        """The bytes, given up: the box is empty after."""
-        data, self.data = self.data, b""
+    def take(self) -> AnyStr:
+        """The body, given up: the box is empty after."""
+        data = self.data
+        self.data = data[:0]
         return data

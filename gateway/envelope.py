@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gateway.errors import (
     BindingMismatch,
@@ -35,6 +35,9 @@ from gateway.jose import (
 )
 from gateway.keys import PrivateKey, PublicKey, b64url
 from gateway.tokens import AccessToken, SigningKeyLookup, new_jti, token_hash
+
+if TYPE_CHECKING:  # only its take() is called: no HTTP module in this pure one
+    from gateway.bodies import HandedBody
 
 REQUEST_JWE_TYP: Final = "exchange-request+jwe"
 REQUEST_JWS_TYP: Final = "exchange-request+jwt"
@@ -125,6 +128,29 @@ class OpenedMessage:
         return replace(self, claims={name: v for name, v in self.claims.items() if name != "body"})
 
 
+@dataclass(frozen=True)
+class EncodedBody:
+    """A message's body as its compact JSON, signed as it is.
+
+    Encoded once (:meth:`of`), so that the parsed object, several times the
+    size of its JSON, need not be kept while the message is signed and
+    encrypted (memory). For a released body, the bytes hashed for the audit
+    log (:attr:`hash`) are the bytes signed.
+    """
+
+    encoded: bytes
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> EncodedBody:
+        """``body`` encoded as every signed payload is."""
+        return cls(canonical_json(body))
+
+    @property
+    def hash(self) -> str:
+        """base64url SHA-256 of the JSON: the provider's ``resp_hash`` evidence."""
+        return b64url(hashlib.sha256(self.encoded).digest())
+
+
 def _seal(
     claims: Mapping[str, Any],
     signing_key: PrivateKey,
@@ -147,7 +173,7 @@ def seal_request(
     subject: str,
     client: str,
     end_user: str | None,
-    body: Mapping[str, Any],
+    body: EncodedBody,
     access_token: str,
     signing_key: PrivateKey,
     recipient: PublicKey,
@@ -166,7 +192,7 @@ def seal_request(
         "purpose": purpose,
         "subject": subject,
         "client": client,
-        "body": dict(body),
+        "body": embedded_json(body.encoded),
     }
     if end_user is not None:
         claims["end_user"] = end_user
@@ -176,8 +202,13 @@ def seal_request(
 def _decrypt_inner(
     jwe: str, keys: Collection[PrivateKey], jwe_typ: str, jws_typ: str
 ) -> tuple[UnverifiedJWS, str]:
-    """The inner JWS, split by ``parse_jws`` (its claims to be taken once), and its hash."""
+    """The inner JWS, split by ``parse_jws`` (its claims to be taken once), and its hash.
+
+    ``jwe`` is the only reference left to the text: it is freed once
+    decrypted, before the claims are parsed (memory).
+    """
     plaintext = decrypt(jwe, keys, jwe_typ)
+    del jwe
     try:
         inner = plaintext.decode("ascii")
     except UnicodeDecodeError as exc:
@@ -197,15 +228,20 @@ def _opened(
 
 
 def open_request(
-    jwe: str,
+    jwe: HandedBody[str],
     *,
     decryption_keys: Collection[PrivateKey],
     token: AccessToken,
     registry: SigningKeyLookup,
 ) -> OpenedMessage:
-    """Checks 2 (``envelope-invalid``) and 3 (``signature-invalid``) of protocol 3.3."""
+    """Checks 2 (``envelope-invalid``) and 3 (``signature-invalid``) of protocol 3.3.
+
+    The compact JWE is taken from its box (memory, see :func:`_decrypt_inner`).
+    """
     try:
-        inner, digest = _decrypt_inner(jwe, decryption_keys, REQUEST_JWE_TYP, REQUEST_JWS_TYP)
+        inner, digest = _decrypt_inner(
+            jwe.take(), decryption_keys, REQUEST_JWE_TYP, REQUEST_JWS_TYP
+        )
         if inner.kid != token.jkt:
             raise EnvelopeInvalid(
                 "the envelope is not valid", audit_detail="inner kid is not the token's cnf.jkt"
@@ -269,28 +305,6 @@ def check_fresh(request: OpenedMessage, now: int) -> None:
         raise StaleMessage(f"the message is not fresh: {stale}")
 
 
-@dataclass(frozen=True)
-class ReleasedBody:
-    """A released body as its compact JSON: what the provider hashes and signs.
-
-    Encoded once (:meth:`of`): the filtered object, several times the size of
-    its JSON, need not be kept while the response is sealed (memory), and the
-    bytes hashed for the audit log are the bytes signed.
-    """
-
-    encoded: bytes
-
-    @classmethod
-    def of(cls, body: Mapping[str, Any]) -> ReleasedBody:
-        """The released ``body``, encoded as every signed payload is."""
-        return cls(canonical_json(body))
-
-    @property
-    def hash(self) -> str:
-        """base64url SHA-256 of the JSON: the provider's ``resp_hash`` evidence."""
-        return b64url(hashlib.sha256(self.encoded).digest())
-
-
 def seal_response(
     *,
     provider: str,
@@ -298,7 +312,7 @@ def seal_response(
     request: OpenedMessage,
     status: int,
     fields: list[str],
-    body: ReleasedBody,
+    body: EncodedBody,
     audit: Mapping[str, Any],
     signing_key: PrivateKey,
     recipient: PublicKey,
@@ -327,7 +341,7 @@ ReleaseCheck = Callable[[list[str], Mapping[str, Any]], str | None]
 
 
 def open_response(
-    jwe: str,
+    jwe: HandedBody[str],
     *,
     decryption_keys: Collection[PrivateKey],
     registry: SigningKeyLookup,
@@ -342,7 +356,8 @@ def open_response(
     3.0 rules, a signature by a registry key of the provider, ``aud``,
     freshness, ``in_reply_to``, ``req_hash`` and released fields within the
     contract. Any failure is ``upstream-unreachable`` (the provider answered
-    badly); the reason goes to the audit log.
+    badly); the reason goes to the audit log. The compact JWE is taken from
+    its box (memory, see :func:`_decrypt_inner`).
     """
 
     def refuse(reason: str) -> UpstreamUnreachable:
@@ -351,7 +366,9 @@ def open_response(
         )
 
     try:
-        inner, digest = _decrypt_inner(jwe, decryption_keys, RESPONSE_JWE_TYP, RESPONSE_JWS_TYP)
+        inner, digest = _decrypt_inner(
+            jwe.take(), decryption_keys, RESPONSE_JWE_TYP, RESPONSE_JWS_TYP
+        )
         key = registry.signing_key(provider, inner.kid)
         if key is None:
             raise refuse("response signed by a key the registry does not list for the provider")

@@ -19,8 +19,8 @@ from gateway.backend import Backend, BackendRequest
 from gateway.bodies import HandedBody
 from gateway.contracts import Contract
 from gateway.envelope import (
+    EncodedBody,
     OpenedMessage,
-    ReleasedBody,
     check_fresh,
     check_request_binding,
     open_request,
@@ -327,7 +327,7 @@ class Provider:
         service: str,
         authorization: str | None,
         content_type: str | None,
-        body: HandedBody,
+        body: HandedBody[bytes],
         context: ExchangeContext,
     ) -> tuple[bytes, int]:
         """Run checks 1-8, the backend and the field filter; the sealed response and index.
@@ -349,7 +349,7 @@ class Provider:
         service: str,
         authorization: str | None,
         content_type: str | None,
-        body: HandedBody,
+        body: HandedBody[bytes],
         context: ExchangeContext,
     ) -> tuple[bytes, int]:
         runtime = self.runtime
@@ -370,19 +370,19 @@ class Provider:
             raise EnvelopeInvalid("Content-Type must be application/jose")
         raw = body.take()
         try:
-            jwe = raw.decode("ascii").strip()
+            jwe = HandedBody(raw.decode("ascii").strip())
         except UnicodeDecodeError:
-            jwe = ""  # refused by open_request, as any other bad envelope
+            jwe = HandedBody("")  # refused by open_request, as any other bad envelope
         del raw  # only its text is needed (memory)
+        request_size = len(jwe.data)
         with context.phases.timed("crypto"):
+            # Handed over: the text is freed once decrypted, before its claims are parsed.
             request = open_request(
                 jwe,
                 decryption_keys=runtime.keys.decryption,
                 token=token,
                 registry=runtime.trusted(),
             )
-        request_size = len(jwe)
-        del jwe  # opened: not held through the backend call (memory)
         context.request = request
         # 4. binding-mismatch
         contract = runtime.contract(token.grant.contract)
@@ -485,7 +485,7 @@ class Provider:
         fields = contract.field_filter.released_paths(released)
         # Encoded once for the audit log's hash and the signature; the parsed
         # copy, several times its JSON, is not held through the seal (memory).
-        body = ReleasedBody.of(released)
+        body = EncodedBody.of(released)
         del released
         recipient = runtime.trusted().encryption_key(token.consumer)
         if recipient is None:

@@ -18,7 +18,7 @@ import aiohttp
 
 from gateway.bodies import HandedBody, read_bounded
 from gateway.contracts import Contract
-from gateway.envelope import RequestBinding, open_response, seal_request
+from gateway.envelope import EncodedBody, RequestBinding, open_response, seal_request
 from gateway.errors import (
     AuditUnavailable,
     BadRequest,
@@ -63,14 +63,14 @@ class ClientRequest:
     purpose: str | None
     contract: str | None
     end_user: str | None
-    body: bytes
+    body: HandedBody[bytes]  # taken once parsed (memory)
 
 
 @dataclass(frozen=True)
 class ExchangeResult:
-    """What the client gets: the verified body and the ids that trace it."""
+    """What the client gets: the verified body, as the JSON to send, and the ids that trace it."""
 
-    body: dict[str, Any]
+    body: EncodedBody
     status: int
     exchange_id: str
     contract: str
@@ -224,7 +224,7 @@ class Consumer:
         if not call.purpose:
             raise BadRequest("the X-Purpose header is required")
         try:
-            body = strict_json_object(call.body)
+            body = strict_json_object(call.body.take())
         except MalformedJose as exc:
             raise BadRequest(f"the request body must be a JSON object of integers: {exc}") from exc
         contract = self._choose_contract(client, call)
@@ -243,9 +243,11 @@ class Consumer:
         if provider_url is None or recipient is None or not registry.is_active(call.provider):
             raise ContractDenied("the provider is not an active agency in the trust registry")
         grant = RequestedGrant(contract=contract.id, service=call.service, purpose=call.purpose)
+        # Parsed, a body is several times its JSON: only its encoding is kept,
+        # for the seal and, after token-invalid, the one retry (memory).
+        encoded = EncodedBody.of(body)
+        del body
         for attempt in range(2):
-            if attempt:
-                body = strict_json_object(call.body)  # freed after the first seal, below
             token = await self._token(provider_url, call.provider, grant, phases)
             with phases.timed("crypto"):
                 sealed = seal_request(
@@ -257,16 +259,14 @@ class Consumer:
                     subject=subject,
                     client=client,
                     end_user=call.end_user or None,
-                    body=body,
+                    body=encoded,
                     access_token=token,
                     signing_key=runtime.keys.signing,
                     recipient=recipient,
                     now=runtime.now(),
                 )
-            # Parsed, a body is several times its JSON, and the sealed message's
-            # JWS and JWE are each larger than it: none is held while the answer is
-            # awaited and opened (memory). A retry parses the client's bytes again.
-            del body
+            # The sealed message's JWS and JWE are each larger than the body:
+            # neither is held while the answer is awaited and opened (memory).
             binding = sealed.binding
             outgoing = HandedBody(sealed.jwe.encode("ascii"))
             del sealed
@@ -394,7 +394,7 @@ class Consumer:
         call: ClientRequest,
         contract: Contract,
         token: str,
-        outgoing: HandedBody,
+        outgoing: HandedBody[bytes],
         binding: RequestBinding,
         members: dict[str, Any],
         started: float,
@@ -412,7 +412,8 @@ class Consumer:
         if content_type != "application/jose":
             raise UpstreamUnreachable("the provider answered with the wrong media type")
         try:
-            compact = raw.decode("ascii").strip()
+            # Handed over: the text is freed once decrypted, before its claims are parsed.
+            compact = HandedBody(raw.decode("ascii").strip())
         except UnicodeDecodeError as exc:
             raise UpstreamUnreachable("the provider answered badly") from exc
         del raw  # only its text is needed: not held while it is opened (memory)
@@ -434,7 +435,10 @@ class Consumer:
                 within_contract=within_contract,
                 now=runtime.now(),
             )
-        del compact  # opened: not held through the audit write (memory)
+        # Encoded for the client now: the parsed body, several times its JSON, is
+        # not held through the audit write (memory).
+        body = EncodedBody.of(response.body)
+        response = response.without_body()
         claims = response.claims
         provider_index = claims["audit"].get("index")
         members.update(
@@ -453,7 +457,7 @@ class Consumer:
                 **members,
             )
         return ExchangeResult(
-            body=response.body,
+            body=body,
             status=claims["status"],
             exchange_id=binding.jti,
             contract=contract.id,

@@ -15,6 +15,13 @@ def test_taken_once() -> None:
     assert box.take() == b""
 
 
+def test_text_taken_once() -> None:
+    """A compact JWE's text is handed the same way: empty text after."""
+    box = HandedBody("eyJ.a.b.c.d")
+    assert box.take() == "eyJ.a.b.c.d"
+    assert box.data == ""
+
+
 def test_the_box_does_not_keep_the_bytes_alive() -> None:
     """Once taken, the caller's reference is the only one left (memory)."""
     box = HandedBody(bytes(1 << 20))

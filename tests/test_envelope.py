@@ -13,13 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.bodies import HandedBody
 from gateway.envelope import (
     REQUEST_JWE_TYP,
     REQUEST_JWS_TYP,
     RESPONSE_JWE_TYP,
     RESPONSE_JWS_TYP,
+    EncodedBody,
     OpenedMessage,
-    ReleasedBody,
     SealedMessage,
     check_fresh,
     check_request_binding,
@@ -108,12 +109,13 @@ class World:
             "now": now,
         }
         arguments.update(changes)
+        arguments["body"] = EncodedBody.of(arguments["body"])
         return seal_request(**arguments)
 
     def open(self, jwe: str, token: Any, registry: Any = None) -> OpenedMessage:
         """The provider opens ``jwe`` with its own decryption key."""
         return open_request(
-            jwe,
+            HandedBody(jwe),
             decryption_keys=[self.provider_enc],
             token=token,
             registry=registry or self.registry,
@@ -258,7 +260,7 @@ class TestRequestRoundTrip:
         old_enc = generate_private_keys()[1]
         sealed = world.seal(now, token, recipient=old_enc.public)
         opened = open_request(
-            sealed.jwe,
+            HandedBody(sealed.jwe),
             decryption_keys=[world.provider_enc, old_enc],
             token=token,
             registry=world.registry,
@@ -577,13 +579,13 @@ def respond(exchange: Exchange, now: int, **changes: Any) -> SealedMessage:
         "now": now,
     }
     arguments.update(changes)
-    arguments["body"] = ReleasedBody.of(arguments["body"])
+    arguments["body"] = EncodedBody.of(arguments["body"])
     return seal_response(**arguments)
 
 
 def open_reply(
     exchange: Exchange,
-    jwe: str,
+    jwe: str | HandedBody[str],
     now: int,
     *,
     request: SealedMessage | None = None,
@@ -593,7 +595,7 @@ def open_reply(
 ) -> OpenedMessage:
     """The consumer opens a response to its request."""
     return open_response(
-        jwe,
+        jwe if isinstance(jwe, HandedBody) else HandedBody(jwe),
         decryption_keys=[exchange.world.consumer_enc],
         registry=exchange.world.registry,
         provider=provider,
@@ -666,6 +668,25 @@ class TestResponse:
         assert seen == [(["national_id", "year"], {"national_id": SUBJECT, "year": 2025})]
         assert opened.jti == sealed.jti != exchange.sealed.jti
 
+    def test_response_text_freed_before_its_claims_are_checked(
+        self, exchange: Exchange, now: int
+    ) -> None:
+        """Handed over, the JWE text is gone once decrypted, before the body is parsed (memory)."""
+        events: list[str] = []
+
+        class Watched(str):
+            def __del__(self) -> None:
+                events.append("text freed")
+
+        def within_contract(fields: list[str], body: Mapping[str, Any]) -> str | None:
+            events.append("claims checked")
+            return None
+
+        sealed = respond(exchange, now)
+        box = HandedBody(Watched(sealed.jwe))
+        open_reply(exchange, box, now, within_contract=within_contract)
+        assert events == ["text freed", "claims checked"]
+
     def test_not_found_is_an_answer(self, exchange: Exchange, now: int) -> None:
         """A backend 404 is carried as a signed status."""
         sealed = respond(exchange, now, status=404, fields=[], body={})
@@ -675,7 +696,7 @@ class TestResponse:
         """A released body is its compact JSON; its hash is base64url SHA-256 of that."""
         import hashlib
 
-        released = ReleasedBody.of({"a": 1, "b": "é"})
+        released = EncodedBody.of({"a": 1, "b": "é"})
         assert released.encoded == '{"a":1,"b":"é"}'.encode()
         assert released.hash == b64url(hashlib.sha256(released.encoded).digest())
 
@@ -684,7 +705,7 @@ class TestResponse:
         body = {"national_id": SUBJECT, "year": 2025, "note": "é"}
         sealed = respond(exchange, now, body=body)
         payload = b64url_decode(sealed.jws.split(".")[1])
-        assert b'"body":' + ReleasedBody.of(body).encoded + b',"audit"' in payload
+        assert b'"body":' + EncodedBody.of(body).encoded + b',"audit"' in payload
 
     def test_wrong_in_reply_to(self, exchange: Exchange, now: int) -> None:
         """A response to another request is refused."""

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.bodies import HandedBody
 from gateway.config import load_settings
 from gateway.demo.backends import PEOPLE
 from gateway.demo.network import (
@@ -420,14 +421,14 @@ class TestProviderRefusals:
                     purpose=PURPOSE,
                     contract=None,
                     end_user=END_USER,
-                    body=json.dumps({"national_id": subject, "year": 2025}).encode(),
+                    body=HandedBody(json.dumps({"national_id": subject, "year": 2025}).encode()),
                 )
             )
         finally:
             await runtime.audit.close()
         assert spoiler.statuses == [401, 200], "one refusal, then one renewed try"
         assert result.status == 200
-        assert result.body["national_id"] == subject
+        assert json.loads(result.body.encoded)["national_id"] == subject
         provider_records = [json.loads(leaf) for _, leaf in audit_records(audit_path(net, TAX))]
         refusals = [record for record in provider_records if record["kind"] == "refusal"]
         assert [record["problem"] for record in refusals] == ["token-invalid"]

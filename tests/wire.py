@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
+from gateway.bodies import HandedBody
 from gateway.contracts import Contract, load_contract_file, sign_contract
 from gateway.demo import demo_registry, running_network
 from gateway.demo.network import BENEFITS, INCOME_CONTRACT, TAX, build_network
@@ -438,7 +439,7 @@ class Peer:
     def open(self, answer: Answer, request: SealedMessage) -> Mapping[str, Any]:
         """Decrypt and verify a 200 answer as the consumer would; its claims."""
         opened = open_response(
-            answer.raw.decode("ascii"),
+            HandedBody(answer.raw.decode("ascii")),
             decryption_keys=self.keys.decryption,
             registry=self.net.registry,
             provider=self.provider,

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from gateway.demo.network import BENEFITS, POPULATION, TAX
-from gateway.envelope import seal_request
+from gateway.envelope import EncodedBody, seal_request
 from gateway.keys import load_private_key
 from gateway.registry import Registry
 from gateway.tokens import CLIENT_ASSERTION_TYPE, GRANT_TYPE, RequestedGrant, make_client_assertion
@@ -99,7 +99,7 @@ async def _replay(
         subject=subject,
         client="caseworker-app",
         end_user="caseworker-17",
-        body={"national_id": subject, "year": 2025},
+        body=EncodedBody.of({"national_id": subject, "year": 2025}),
         access_token=token,
         signing_key=key,
         recipient=recipient,

@@ -28,7 +28,6 @@ from gateway.errors import (
     known_problem_names,
 )
 from gateway.inbound import ExchangeContext, Provider
-from gateway.jose import canonical_json
 from gateway.keys import jwks_document
 from gateway.observability import get_logger
 from gateway.outbound import ClientRequest, Consumer, ExchangeResult, HttpPeerTransport
@@ -191,7 +190,7 @@ async def exchange_endpoint(request: web.Request) -> web.Response:
     }
     try:
         try:
-            raw = await _read_limited(request, runtime.settings.limits.max_body_bytes)
+            body = HandedBody(await _read_limited(request, runtime.settings.limits.max_body_bytes))
         except PayloadTooLarge as exc:
             await consumer.refuse(exc, members)
             raise
@@ -202,7 +201,7 @@ async def exchange_endpoint(request: web.Request) -> web.Response:
             purpose=request.headers.get("X-Purpose"),
             contract=request.headers.get("X-Contract"),
             end_user=request.headers.get("X-End-User"),
-            body=raw,
+            body=body,
         )
         result = await consumer.exchange(call, members)
     except BaseException as exc:
@@ -219,7 +218,7 @@ async def exchange_endpoint(request: web.Request) -> web.Response:
         headers["X-Provider-Audit-Index"] = str(result.provider_audit_index)
     # The backend's status (a 404 "no such record" is an answer) reaches the client as is.
     return web.Response(
-        body=canonical_json(result.body),
+        body=result.body.encoded,
         status=result.status,
         headers=headers,
         content_type="application/json",
