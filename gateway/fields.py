@@ -8,8 +8,8 @@ depth, and the consumer checks that nothing else arrived::
     a[].b    keeps b inside every object element of array a
 
 The paths are compiled once per contract into an immutable tree of rules and
-applied to each backend answer. Everything here is pure: no I/O, and the
-input is never mutated.
+applied to each backend answer, which the provider filters in place. There
+is no I/O here; only ``FieldFilter.apply_in_place`` changes its argument.
 """
 
 from __future__ import annotations
@@ -90,9 +90,16 @@ class _Kind(Enum):
 class _Rule:
     kind: _Kind
     children: Mapping[str, _Rule] = field(default_factory=lambda: MappingProxyType({}))
+    # The children not kept whole, whose values the filter walks into.
+    containers: tuple[tuple[str, _Rule], ...] = ()
 
 
 _WHOLE: Final = _Rule(_Kind.WHOLE)
+
+
+def _rule(kind: _Kind, children: Mapping[str, _Rule]) -> _Rule:
+    containers = tuple((name, rule) for name, rule in children.items() if rule is not _WHOLE)
+    return _Rule(kind, children, containers)
 
 
 def _compile_tree(parsed: Iterable[tuple[str, tuple[PathSegment, ...]]]) -> _Rule:
@@ -116,80 +123,75 @@ def _compile_tree(parsed: Iterable[tuple[str, tuple[PathSegment, ...]]]) -> _Rul
                     f"field path {path!r}: {where!r} is used both as an object and as an array"
                 )
             level = existing[1]
-    return _Rule(_Kind.OBJECT, _freeze(root))
+    return _rule(_Kind.OBJECT, _freeze(root))
 
 
 def _freeze(level: dict[str, Any]) -> Mapping[str, _Rule]:
     return MappingProxyType(
         {
-            name: _WHOLE if kind is _Kind.WHOLE else _Rule(kind, _freeze(subtree))
+            name: _WHOLE if kind is _Kind.WHOLE else _rule(kind, _freeze(subtree))
             for name, (kind, subtree) in level.items()
         }
     )
 
 
-def _clone(value: Any) -> Any:
-    """A deep copy of a JSON value, iterative so that deep nesting cannot overflow the stack."""
-    if not isinstance(value, dict | list):
-        return value
-    root: dict[Any, Any] | list[Any] = {} if isinstance(value, dict) else []
-    stack: list[tuple[dict[Any, Any] | list[Any], dict[Any, Any] | list[Any]]] = [(value, root)]
-    while stack:
-        source, target = stack.pop()
-        items = source.items() if isinstance(source, dict) else enumerate(source)
-        for key, item in items:
-            copied: Any = item
-            if isinstance(item, dict | list):
-                copied = {} if isinstance(item, dict) else []
-                stack.append((item, copied))
-            if isinstance(target, dict):
-                target[key] = copied
-            else:
-                target.append(copied)
-    return root
+def _filter_in_place(target: dict[Any, Any], rule: _Rule) -> None:
+    listed = rule.children
+    # Set comparisons of key views run in C: the common case, nothing to remove, is cheap.
+    if not target.keys() <= listed.keys():
+        for name in [name for name in target if name not in listed]:
+            del target[name]
+    for name, child in rule.containers:
+        if name not in target:
+            continue
+        value = target[name]
+        if child.kind is _Kind.OBJECT and isinstance(value, dict):
+            _filter_in_place(value, child)
+        elif child.kind is _Kind.ARRAY and isinstance(value, list):
+            _filter_each_in_place(value, child)
+        else:
+            del target[name]  # not the container its path needs: dropped whole
 
 
-def _filter_object(source: dict[Any, Any], rules: Mapping[str, _Rule]) -> dict[str, Any]:
-    kept: dict[str, Any] = {}
-    for name, rule in rules.items():
+def _filter_each_in_place(items: list[Any], rule: _Rule) -> None:
+    listed = rule.children.keys()
+    all_objects = True
+    for item in items:
+        if not isinstance(item, dict):
+            all_objects = False
+        elif rule.containers or not item.keys() <= listed:
+            _filter_in_place(item, rule)
+    if not all_objects:
+        # Elements that are not objects cannot hold the named members: dropped.
+        items[:] = [item for item in items if isinstance(item, dict)]
+
+
+def _collect_leaks(source: dict[Any, Any], rule: _Rule, prefix: str, leaks: set[str]) -> None:
+    listed = rule.children
+    if not source.keys() <= listed.keys():
+        leaks.update(
+            f"{prefix}.{name}" if prefix else str(name) for name in source if name not in listed
+        )
+    for name, child in rule.containers:
         if name not in source:
             continue
         value = source[name]
-        if rule.kind is _Kind.WHOLE:
-            kept[name] = _clone(value)
-        elif rule.kind is _Kind.OBJECT:
-            if isinstance(value, dict):
-                kept[name] = _filter_object(value, rule.children)
-        elif isinstance(value, list):
-            # Elements that are not objects cannot hold the named members: dropped.
-            kept[name] = [
-                _filter_object(item, rule.children) for item in value if isinstance(item, dict)
-            ]
-    return kept
-
-
-def _collect_leaks(
-    source: dict[Any, Any], rules: Mapping[str, _Rule], prefix: str, leaks: set[str]
-) -> None:
-    for name, value in source.items():
-        path = f"{prefix}.{name}" if prefix else str(name)
-        rule = rules.get(name) if isinstance(name, str) else None
-        if rule is None:
+        path = f"{prefix}.{name}" if prefix else name
+        if child.kind is _Kind.OBJECT and isinstance(value, dict):
+            _collect_leaks(value, child, path, leaks)
+        elif child.kind is _Kind.ARRAY and isinstance(value, list):
+            _collect_each_leaks(value, child, path + _EACH, leaks)
+        else:
             leaks.add(path)
-        elif rule.kind is _Kind.OBJECT:
-            if isinstance(value, dict):
-                _collect_leaks(value, rule.children, path, leaks)
-            else:
-                leaks.add(path)
-        elif rule.kind is _Kind.ARRAY:
-            if not isinstance(value, list):
-                leaks.add(path)
-                continue
-            for item in value:
-                if isinstance(item, dict):
-                    _collect_leaks(item, rule.children, path + _EACH, leaks)
-                else:
-                    leaks.add(path + _EACH)
+
+
+def _collect_each_leaks(items: list[Any], rule: _Rule, path: str, leaks: set[str]) -> None:
+    listed = rule.children.keys()
+    for item in items:
+        if not isinstance(item, dict):
+            leaks.add(path)
+        elif rule.containers or not item.keys() <= listed:
+            _collect_leaks(item, rule, path, leaks)
 
 
 def _present(value: Any, segments: tuple[PathSegment, ...]) -> bool:
@@ -208,8 +210,8 @@ def _present(value: Any, segments: tuple[PathSegment, ...]) -> bool:
 class FieldFilter:
     """A contract's field paths compiled into an immutable filter.
 
-    Build it once per contract with :meth:`compile`; :meth:`apply` is what
-    the provider releases, :meth:`leaks` and :meth:`permits` are what the
+    Build it once per contract with :meth:`compile`; :meth:`apply_in_place`
+    is what the provider releases, :meth:`leaks` and :meth:`permits` are what the
     consumer checks on arrival.
     """
 
@@ -228,8 +230,13 @@ class FieldFilter:
         parsed = tuple((path, parse_field_path(path)) for path in unique)
         return cls(paths=unique, _parsed=parsed, _root=_compile_tree(parsed))
 
-    def apply(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A new object holding only the listed paths of ``body``; ``body`` is not changed.
+    def apply_in_place(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Remove from ``body`` every path the contract does not list; returns ``body``.
+
+        The body is changed where it is, not copied: the provider owns the
+        backend's parsed answer, and a copy's containers would cost about
+        twice its JSON (memory). Kept values stay the same objects, members
+        keep their order.
 
         A member used as an object (``a.b``) or array (``a[].b``) that holds
         another type is dropped whole, and so are array elements that are not
@@ -238,18 +245,19 @@ class FieldFilter:
         """
         if not isinstance(body, dict):
             raise ValueError("the body to filter must be a JSON object")
-        return _filter_object(body, self._root.children)
+        _filter_in_place(body, self._root)
+        return body
 
     def leaks(self, body: dict[str, Any]) -> list[str]:
         """The sorted paths in ``body`` that the contract does not release (empty when none).
 
         Names use the path vocabulary (``a[].b``); ``body`` passes exactly
-        when ``apply(body) == body``.
+        when ``apply_in_place`` would leave it unchanged.
         """
         if not isinstance(body, dict):
             raise ValueError("the body to check must be a JSON object")
         found: set[str] = set()
-        _collect_leaks(body, self._root.children, "", found)
+        _collect_leaks(body, self._root, "", found)
         return sorted(found)
 
     def released_paths(self, body: dict[str, Any]) -> list[str]:
