@@ -1070,41 +1070,56 @@ def part_contracts(bench: Bench, now: datetime) -> list[dict[str, Any]]:
     settings = bench.settings
     counts = sorted({10, *settings.contract_counts})
     _say(f"\nContracts loaded: {', '.join(f'{count:,}' for count in counts)}")
-    results = []
     for count in counts:
         signing = ensure_contract_set(bench.network, count, now)
         if signing > 0.5:
             _say(f"  signed filler contracts up to {count - 1:,} in {signing:.1f} s")
-        results += _curve_point(
-            bench, Variant(contracts=count), f"{count:,} contracts", {"contracts": count}
-        )
-    return results
+    return _interleaved_points(
+        bench,
+        [
+            (Variant(contracts=count), f"{count:,} contracts", {"contracts": count})
+            for count in counts
+        ],
+    )
 
 
-def _curve_point(
-    bench: Bench, variant: Variant, label: str, extra: dict[str, Any]
+def _interleaved_points(
+    bench: Bench, points: Sequence[tuple[Variant, str, dict[str, Any]]]
 ) -> list[dict[str, Any]]:
-    """C at the main concurrency and payload on fresh gateways of ``variant``, ``curve_runs`` times.
+    """C at the main concurrency and payload on fresh gateways of each point's variant.
 
-    Each result also holds ``extra`` and how long the gateways took to be ready.
+    The points take turns, ``curve_runs`` passes, each pass in the reverse
+    order of the one before (1 2 3, 3 2 1, ...), so that every point's rounds
+    sit at the same mean time. The host's speed drifts over minutes (10-25 %
+    between identical rounds a minute apart); measured point after point,
+    the drift was charged to whichever point came last. Each round starts
+    its gateways afresh and warms them up. The results are grouped by point,
+    each with ``extra``, its place in the sequence and how long its gateways
+    took to be ready.
     """
     settings = bench.settings
-    ready = bench.start_gateways(variant)
-    results = []
+    results: list[list[dict[str, Any]]] = [[] for _ in points]
+    order = list(range(len(points)))
+    turn = 0
     for run in range(settings.curve_runs):
-        result = measure(
-            bench,
-            "C",
-            connections=settings.concurrency,
-            payload=settings.payload,
-            seconds=settings.curve_seconds,
-            warmup=settings.warmup if run == 0 else 0.0,
-            label=label,
-        )
-        result.update(extra)
-        result["ready_seconds"] = _rounded_map(ready)
-        results.append(result)
-    return results
+        for index in order if run % 2 == 0 else order[::-1]:
+            variant, label, extra = points[index]
+            ready = bench.start_gateways(variant)
+            result = measure(
+                bench,
+                "C",
+                connections=settings.concurrency,
+                payload=settings.payload,
+                seconds=settings.curve_seconds,
+                warmup=settings.warmup,
+                label=label,
+            )
+            result.update(extra)
+            result["turn"] = turn
+            result["ready_seconds"] = _rounded_map(ready)
+            results[index].append(result)
+            turn += 1
+    return [result for point in results for result in point]
 
 
 class _RecentBulkLeaves(BulkLeaves):
@@ -1139,21 +1154,31 @@ def part_audit(bench: Bench) -> list[dict[str, Any]]:
     )
     shutil.copyfile(provider_db, bench.network.agency_dir(CONSUMER) / name)
     build_seconds = time.perf_counter() - started
-    _say(f"  built and copied in {build_seconds:.0f} s ({built['database_bytes'] / 1e9:.2f} GB)")
-    results = []
-    for records_count, db in ((0, "audit-empty.db"), (total, name)):
-        results += _curve_point(
-            bench,
-            Variant(audit_db=db),
-            f"{records_count:,} records",
-            {"audit_records": records_count},
-        )
+    # The copy's pages are still being written back: the first rounds would
+    # wait for that disk traffic behind their own fsyncs.
+    os.sync()
+    sync_seconds = time.perf_counter() - started - build_seconds
+    _say(
+        f"  built and copied in {build_seconds:.0f} s ({built['database_bytes'] / 1e9:.2f} GB),"
+        f" written back in {sync_seconds:.1f} s"
+    )
+    results = _interleaved_points(
+        bench,
+        [
+            (Variant(audit_db=db), f"{records:,} records", {"audit_records": records})
+            for records, db in ((0, "audit-empty.db"), (total, name))
+        ],
+    )
     bench.stop_gateways()
     for agency in (CONSUMER, PROVIDER):
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 (bench.network.agency_dir(agency) / f"{name}{suffix}").unlink()
-    results[-1]["build"] = {**built, "seconds_with_copy": _rounded(build_seconds)}
+    results[-1]["build"] = {
+        **built,
+        "seconds_with_copy": _rounded(build_seconds),
+        "sync_seconds": _rounded(sync_seconds),
+    }
     return results
 
 
@@ -1319,9 +1344,10 @@ def estimate_seconds(settings: Settings) -> float:
         total += 2 * (len(settings.payloads) + 1) * curve * 1.3 + 10
     if "contracts" in parts:
         counts = sorted({10, *settings.contract_counts})
-        total += len(counts) * (curve * settings.curve_runs + 5) + sum(counts) * 0.004
+        # A restart every round; 10,000 contracts take about 10 s to load.
+        total += len(counts) * (curve + 2) * settings.curve_runs + sum(counts) * 0.003
     if "audit" in parts:
-        total += 2 * (curve * settings.curve_runs + 5) + settings.audit_records / 15_000
+        total += 2 * (curve + 3) * settings.curve_runs + settings.audit_records / 15_000
     if "soak" in parts:
         total += SOAK_WARMUP + settings.soak_seconds + 8
     return total
