@@ -221,10 +221,21 @@ def _decrypt_inner(
 def _opened(
     inner: UnverifiedJWS, digest: str, claims: Mapping[str, Any], key: PublicKey
 ) -> OpenedMessage:
-    compact = inner.compact
+    # The signature's segment, as sent: strict base64url has one encoding.
     return OpenedMessage(
-        claims=claims, signer=key, jws_hash=digest, signature=compact[compact.rindex(".") + 1 :]
+        claims=claims, signer=key, jws_hash=digest, signature=b64url(inner.signature)
     )
+
+
+def _signature_problem(inner: UnverifiedJWS, key: PublicKey | None) -> str | None:
+    """Why the request's JWS does not verify with ``key`` (the registry's), or None."""
+    if key is None:
+        return "the registry does not list that key for an active consumer"
+    try:
+        inner.verify(key)
+    except JoseError as exc:
+        return str(exc)
+    return None
 
 
 def open_request(
@@ -246,6 +257,10 @@ def open_request(
             raise EnvelopeInvalid(
                 "the envelope is not valid", audit_detail="inner kid is not the token's cnf.jkt"
             )
+        # Check 3 is made before the claims are parsed, so that the JWS text is
+        # freed first (memory); its failure is reported after check 2's.
+        key = registry.signing_key(token.consumer, inner.kid)
+        signature_problem = _signature_problem(inner, key)
         claims = inner.take_claims()
     except JoseError as exc:
         raise EnvelopeInvalid("the envelope is not valid", audit_detail=str(exc)) from exc
@@ -254,18 +269,10 @@ def open_request(
         problem = "claim 'end_user' has the wrong type"
     if problem:
         raise EnvelopeInvalid(f"the request message is not valid: {problem}")
-    key = registry.signing_key(token.consumer, inner.kid)
-    if key is None:
+    if key is None or signature_problem:
         raise SignatureInvalid(
-            "the request signature does not verify",
-            audit_detail="the registry does not list that key for an active consumer",
+            "the request signature does not verify", audit_detail=signature_problem
         )
-    try:
-        inner.verify(key)
-    except JoseError as exc:
-        raise SignatureInvalid(
-            "the request signature does not verify", audit_detail=str(exc)
-        ) from exc
     return _opened(inner, digest, claims, key)
 
 

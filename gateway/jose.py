@@ -377,8 +377,8 @@ class UnverifiedJWS:
     """A compact JWS split and header-checked, its signature not yet verified.
 
     Not frozen for one reason: :meth:`take_claims` gives the payload's bytes
-    up, so a large message's claims, their text and its payload's bytes are
-    not all alive at once (memory).
+    and the compact text up, so a large message's claims, their text, its
+    payload's bytes and its JWS text are not all alive at once (memory).
     """
 
     compact: str
@@ -404,8 +404,12 @@ class UnverifiedJWS:
         return strict_json_object(self.payload)
 
     def take_claims(self) -> dict[str, Any]:
-        """:meth:`claims`, once: the payload is empty after, its bytes freed before the parse."""
-        payload, self.payload = self.payload, b""
+        """:meth:`claims`, once, after :meth:`verify`: the payload and the text are given up.
+
+        Neither is then alive through the parse, which makes objects several
+        times their size (memory).
+        """
+        payload, self.payload, self.compact = self.payload, b"", ""
         text = _strict_json_text(payload)
         del payload
         return _strict_json_parse(text)

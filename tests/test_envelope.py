@@ -434,6 +434,29 @@ class TestOpenRequestRefusals:
         with pytest.raises(SignatureInvalid):
             world.open(jwe, token)
 
+    def test_claims_refused_before_a_bad_signature(self, world: World, now: int) -> None:
+        """Check 3 runs early (memory), but check 2's failure is the one reported."""
+        token = world.token(now)
+        claims = world.request_claims(now, token, client=None)
+        jws = sign_jwt(claims, world.consumer_sig, REQUEST_JWS_TYP)
+        head, payload, signature = jws.split(".")
+        raw = bytearray(b64url_decode(signature))
+        raw[5] ^= 0x10
+        broken = f"{head}.{payload}.{b64url(bytes(raw))}"
+        jwe = encrypt(broken.encode(), world.provider_enc.public, REQUEST_JWE_TYP)
+        with pytest.raises(EnvelopeInvalid, match="claim 'client' missing"):
+            world.open(jwe, token)
+
+    def test_claims_refused_before_an_unlisted_signer(self, world: World, now: int) -> None:
+        """A wrongly typed claim from a signer the registry does not list: envelope-invalid."""
+        token = world.token(now, jkt=world.other_sig.kid)
+        claims = world.request_claims(now, token)
+        claims["subject"] = 19800101
+        jws = sign_jwt(claims, world.other_sig, REQUEST_JWS_TYP)
+        jwe = encrypt(jws.encode(), world.provider_enc.public, REQUEST_JWE_TYP)
+        with pytest.raises(EnvelopeInvalid, match="claim 'subject' has the wrong type"):
+            world.open(jwe, token)
+
 
 class TestRequestBinding:
     """check_request_binding (check 4): binding-mismatch for each claim."""

@@ -383,6 +383,21 @@ class TestParseJws:
 class TestVerify:
     """UnverifiedJWS.verify: alg fixed by the key, signature over the exact input."""
 
+    def test_take_claims_gives_up_the_payload_and_the_text(self, signing_key: PrivateKey) -> None:
+        """Once verified, the claims are taken and nothing of the JWS text is kept (memory)."""
+        freed: list[str] = []
+
+        class Watched(str):
+            def __del__(self) -> None:
+                freed.append("compact")
+
+        jws = parse_jws(Watched(sign_jwt({"a": 1}, signing_key, TYP)), TYP)
+        jws.verify(signing_key.public)
+        assert freed == []
+        assert jws.take_claims() == {"a": 1}
+        assert freed == ["compact"]
+        assert (jws.compact, jws.payload) == ("", b"")
+
     def test_other_key_refused(self, signing_key: PrivateKey) -> None:
         """A JWS does not verify with another key of the same type (another agency's)."""
         jws = parse_jws(sign_jwt({"a": 1}, signing_key, TYP), TYP)
