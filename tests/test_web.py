@@ -10,13 +10,15 @@ from __future__ import annotations
 import http.client
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlencode
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +31,7 @@ from gateway.demo.network import (
     TAX,
 )
 from gateway.keys import thumbprint
+from gateway.web.app import outbound_session
 from tests.conftest import LiveNetwork
 from tests.wire import PROBLEM_PREFIX, PURPOSE, Peer, get, post
 
@@ -58,6 +61,34 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     """One HTTP client session per test."""
     async with aiohttp.ClientSession() as client:
         yield client
+
+
+async def _cookies_sent_back(make_session: Callable[[], aiohttp.ClientSession]) -> list[str]:
+    """The Cookie headers a server that sets a cookie receives on two calls by one session."""
+    received: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        received.append(request.headers.get("Cookie", ""))
+        response = web.json_response({})
+        response.set_cookie("session", "peer-state")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with TestServer(app, host="127.0.0.1") as server:
+        # A host name, not an address: aiohttp's default jar ignores cookies of addresses.
+        url = f"http://localhost:{server.port}/"
+        async with make_session() as session:
+            for _ in range(2):
+                async with session.get(url) as response:
+                    assert response.status == 200
+    return received
+
+
+async def test_outbound_session_keeps_no_cookies() -> None:
+    """A peer's or backend's Set-Cookie is not stored nor sent back (the gateway keeps no state)."""
+    assert await _cookies_sent_back(aiohttp.ClientSession) == ["", "session=peer-state"]
+    assert await _cookies_sent_back(outbound_session) == ["", ""]
 
 
 @pytest.mark.parametrize("agency", AGENCIES)

@@ -419,6 +419,19 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
+def outbound_session() -> aiohttp.ClientSession:
+    """The one client session of a gateway, to its peers and its backends.
+
+    It keeps no cookies: an exchange carries no state from one to the next,
+    and a peer's or backend's ``Set-Cookie`` would otherwise be stored and
+    sent back to that host, on any port (deny by default).
+    """
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), json_serialize=json.dumps
+    )
+
+
 def create_app(runtime: Runtime) -> web.Application:
     """The gateway's application; the shared client session lives with it."""
     app = web.Application(
@@ -427,8 +440,7 @@ def create_app(runtime: Runtime) -> web.Application:
     app[RUNTIME] = runtime
 
     async def session_context(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, ttl_dns_cache=300)
-        session = aiohttp.ClientSession(connector=connector, json_serialize=json.dumps)
+        session = outbound_session()
         app[SESSION] = session
         app[PROVIDER] = Provider(runtime, HttpBackend(session))
         app[CONSUMER] = Consumer(
