@@ -51,8 +51,17 @@ from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 
 from bench.payloads import RECORD_FIELDS, record_bytes, request_bytes
 from gateway.bodies import HandedBody
-from gateway.envelope import EncodedBody, SealedMessage, open_request, open_response, seal_request
+from gateway.envelope import (
+    REQUEST_JWE_TYP,
+    RESPONSE_JWE_TYP,
+    EncodedBody,
+    SealedMessage,
+    open_request,
+    open_response,
+    seal_request,
+)
 from gateway.envelope import seal_response as seal_response_message
+from gateway.jose import decrypt
 from gateway.keys import ENC_ALG, PrivateKey, PublicKey, generate_private_keys
 from gateway.tokens import Grant, VerifiedTokenCache, issue_access_token
 
@@ -213,9 +222,13 @@ class ExchangeCrypto:
                 timings.setdefault(name, []).append(took)
         if not self.sizes:
             self.sizes = {
-                "request_jws": len(sealed.jws),
+                "request_jws": len(
+                    decrypt(sealed.jwe, (self.provider.encryption,), REQUEST_JWE_TYP)
+                ),
                 "request_jwe": len(sealed.jwe),
-                "response_jws": len(response.jws),
+                "response_jws": len(
+                    decrypt(response.jwe, (self.consumer.encryption,), RESPONSE_JWE_TYP)
+                ),
                 "response_jwe": len(response.jwe),
                 "access_token": len(self.token),
             }

@@ -250,7 +250,9 @@ class Server:
         self.members = {}
 
 
-def post(url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
+def post(
+    url: str, body: bytes | bytearray, headers: Mapping[str, str]
+) -> tuple[int, dict[str, str], bytes]:
     """POST ``body`` (JSON unless ``headers`` set another Content-Type); status, headers, body."""
     request = urllib.request.Request(  # noqa: S310 - loopback URLs we built
         url, data=body, headers={"Content-Type": "application/json", **headers}, method="POST"

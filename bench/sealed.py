@@ -84,7 +84,7 @@ def send_one(network: BenchNetwork, payload: int) -> tuple[int, bytes]:
     )
     status, _, raw = post(
         network.service_url,
-        sealed.jwe.encode("ascii"),
+        sealed.jwe,
         {"Authorization": f"Bearer {token}", "Content-Type": "application/jose"},
     )
     return status, raw
@@ -104,7 +104,7 @@ def _seal_lines(keys_root: Path, token: str, payload: int, count: int, path: Pat
                 recipient=recipient,
                 now=int(time.time()),
             )
-            out.write(f"{token} {sealed.jwe}\n")
+            out.write(f"{token} {sealed.jwe.decode('ascii')}\n")
 
 
 def seal_requests(network: BenchNetwork, token: str, payload: int, count: int, path: Path) -> None:

@@ -8,7 +8,7 @@ body sent in several writes would be cut short. Every body the gateway reads
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import AnyStr, Generic
+from typing import Generic, TypeVar
 
 import aiohttp
 
@@ -25,8 +25,13 @@ async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes | None
     return b"".join(chunks)
 
 
+# What a body is handed as: bytes read, a compact JWE's text, or a sealed
+# message's buffer.
+_Data = TypeVar("_Data", str, bytes, bytearray)
+
+
 @dataclass
-class HandedBody(Generic[AnyStr]):
+class HandedBody(Generic[_Data]):
     """A large body (bytes, or a compact JWE's text) passed down a chain of calls,
     to be taken once where it is used.
 
@@ -35,9 +40,9 @@ class HandedBody(Generic[AnyStr]):
     a sealed message is larger than the body it carries).
     """
 
-    data: AnyStr
+    data: _Data
 
-    def take(self) -> AnyStr:
+    def take(self) -> _Data:
         """The body, given up: the box is empty after."""
         data = self.data
         self.data = data[:0]

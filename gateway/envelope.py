@@ -31,7 +31,7 @@ from gateway.jose import (
     encrypt,
     freshness_problem,
     parse_jws,
-    sign_jwt,
+    sign_jws_ascii,
 )
 from gateway.keys import PrivateKey, PublicKey, b64url
 from gateway.tokens import AccessToken, SigningKeyLookup, new_jti, token_hash
@@ -83,16 +83,20 @@ class RequestBinding:
 
 @dataclass(frozen=True)
 class SealedMessage:
-    """A message ready to send: the JWE, and the inner JWS it wraps (for hashes)."""
+    """A message ready to send: its compact JWE as the ASCII bytes sent, and its id.
 
-    jwe: str
-    jws: str
+    Of the inner JWS only the hash is kept (memory: it is larger than the
+    body it signs).
+    """
+
+    jwe: bytearray
     jti: str
+    jws_hash: str  # token_hash of the inner JWS
 
     @property
     def binding(self) -> RequestBinding:
         """What a response to this request must name, to keep once the message is sent."""
-        return RequestBinding(jti=self.jti, req_hash=token_hash(self.jws))
+        return RequestBinding(jti=self.jti, req_hash=self.jws_hash)
 
 
 @dataclass(frozen=True)
@@ -158,9 +162,11 @@ def _seal(
     jws_typ: str,
     jwe_typ: str,
 ) -> SealedMessage:
-    jws = sign_jwt(claims, signing_key, jws_typ)
-    jwe = encrypt(jws.encode("ascii"), recipient, jwe_typ)
-    return SealedMessage(jwe=jwe, jws=jws, jti=str(claims["jti"]))
+    # Bytes throughout: the JWS is encrypted as signed, the JWE sent as
+    # encrypted, with no text made of either (memory).
+    jws = sign_jws_ascii(canonical_json(claims), signing_key, jws_typ)
+    jwe = encrypt(jws, recipient, jwe_typ)
+    return SealedMessage(jwe=jwe, jti=str(claims["jti"]), jws_hash=token_hash(jws))
 
 
 def seal_request(

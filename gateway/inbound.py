@@ -329,7 +329,7 @@ class Provider:
         content_type: str | None,
         body: HandedBody[bytes],
         context: ExchangeContext,
-    ) -> tuple[bytes, int]:
+    ) -> tuple[bytearray, int]:
         """Run checks 1-8, the backend and the field filter; the sealed response and index.
 
         A refusal is raised for the caller to pass to :meth:`refuse`; the
@@ -351,7 +351,7 @@ class Provider:
         content_type: str | None,
         body: HandedBody[bytes],
         context: ExchangeContext,
-    ) -> tuple[bytes, int]:
+    ) -> tuple[bytearray, int]:
         runtime = self.runtime
         now = runtime.now()
         # 1. token-invalid
@@ -448,7 +448,7 @@ class Provider:
         contract: Contract,
         token: AccessToken,
         context: ExchangeContext,
-    ) -> tuple[bytes, int]:
+    ) -> tuple[bytearray, int]:
         runtime = self.runtime
         settings = runtime.settings.services[service]
         request = context.request
@@ -512,6 +512,4 @@ class Provider:
                 recipient=recipient,
                 now=runtime.now(),
             )
-        jwe = sealed.jwe
-        del sealed  # its inner JWS is not needed to send it (memory)
-        return jwe.encode("ascii"), index
+        return sealed.jwe, index

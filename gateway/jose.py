@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
@@ -294,39 +295,54 @@ def _segment(text: str, bounds: _Bounds) -> str:
 _ENCODE_SLICE_BYTES: Final = 3 * 64 * 1024
 _DECODE_SLICE_CHARS: Final = 4 * 64 * 1024
 
-_DOT: Final = ord(".")
-
 
 def _b64url_length(size: int) -> int:
     """The length of the unpadded base64url text of ``size`` bytes."""
     return (4 * size + 2) // 3
 
 
-def _b64url_compact(*parts: _Buffer, first: bytes = b"") -> bytes | bytearray:
-    """``BASE64URL(part) || '.' || ...`` as ASCII, after ``first`` and a dot if given.
+def _slices(data: _Buffer) -> Iterator[memoryview]:
+    """``data`` in views of ``_ENCODE_SLICE_BYTES`` (the last may be shorter): no copies."""
+    view = memoryview(data)
+    for start in range(0, len(view), _ENCODE_SLICE_BYTES):
+        yield view[start : start + _ENCODE_SLICE_BYTES]
 
-    ``first`` is a (non-empty) segment already encoded: a JWE's protected
-    header, which is also its AAD.
+
+class _CompactBuffer:
+    """A compact serialization written segment by segment into one buffer of its size.
+
+    Each segment is base64url-coded a slice at a time straight into place: no
+    temporary of a segment's size, no copy to join, no text made of the bytes
+    (memory: a large message's compact form is the largest object in hand).
     """
-    head = [first] if first else []
-    if sum(map(len, parts)) <= _ENCODE_SLICE_BYTES:
-        # Small parts: a join is fastest, and its copies are small.
-        return b".".join(head + [b64url_ascii(part) for part in parts])
-    # Large ones are encoded a slice at a time straight into one buffer of
-    # the exact size: no temporary of a part's size, no copy to join (memory).
-    dots = len(head) + len(parts) - 1
-    compact = bytearray(len(first) + dots + sum(_b64url_length(len(part)) for part in parts))
-    compact[: len(first)] = first
-    at = len(first)
-    for index, part in enumerate(parts):
-        if index or first:
-            compact[at] = _DOT
-            at += 1
-        for start in range(0, len(part), _ENCODE_SLICE_BYTES):
-            encoded = b64url_ascii(part[start : start + _ENCODE_SLICE_BYTES])
-            compact[at : at + len(encoded)] = encoded
-            at += len(encoded)
-    return compact
+
+    def __init__(self, *sizes: int, first: bytes = b"") -> None:
+        """Room for ``first`` (a segment already coded) and the segments of ``sizes`` raw bytes."""
+        dots = len(sizes) - (0 if first else 1)
+        self.data = bytearray(len(first) + dots + sum(map(_b64url_length, sizes)))
+        self.data[: len(first)] = first
+        self._at = len(first)
+
+    def _put(self, ascii_text: _Buffer) -> None:
+        end = self._at + len(ascii_text)
+        self.data[self._at : end] = ascii_text
+        self._at = end
+
+    def segment(self, raw: _Buffer) -> None:
+        """Append ``BASE64URL(raw)``, after a dot unless it is the first segment."""
+        self.coded_slices(_slices(raw))
+
+    def coded_slices(self, pieces: Iterator[_Buffer]) -> None:
+        """Append one segment made of ``pieces``: each but the last a multiple of 3 bytes."""
+        if self._at:
+            self._put(b".")
+        for piece in pieces:
+            self._put(b64url_ascii(piece))
+
+    @property
+    def written(self) -> memoryview:
+        """A view of what is written so far (a signing input, before its signature)."""
+        return memoryview(self.data)[: self._at]
 
 
 def _b64url_decode_segment(text: str, bounds: _Bounds) -> bytes:
@@ -443,22 +459,29 @@ def parse_jws(compact: object, expected_typ: str) -> UnverifiedJWS:
     return UnverifiedJWS(compact=text, header=header, payload=payload, signature=signature)
 
 
+def sign_jws_ascii(payload: bytes, key: PrivateKey, typ: str) -> bytearray:
+    """:func:`sign_jws` as ASCII bytes: what an envelope encrypts, no text made of it (memory).
+
+    The signing input is written into the buffer that then takes its
+    signature: no join copies it (memory).
+    """
+    header = canonical_json({"typ": typ, "alg": key.alg, "kid": key.kid})
+    compact = _CompactBuffer(len(header), len(payload), _SIGNATURE_BYTES)
+    compact.segment(header)
+    compact.segment(payload)
+    del payload  # a caller's temporary payload is freed before the signature (memory)
+    compact.segment(_SIGNERS[key.alg].sign(compact.written, key.key))
+    return compact.data
+
+
 def sign_jws(payload: bytes, key: PrivateKey, typ: str) -> str:
     """A compact JWS of ``payload`` with header ``{"typ", "alg", "kid"}``, signed by ``key``."""
-    header = canonical_json({"typ": typ, "alg": key.alg, "kid": key.kid})
-    signing_input = _b64url_compact(header, payload)
-    # Each large value is freed as soon as the next is made (memory): first
-    # a caller's temporary payload (sign_jwt's), then the signing input.
-    del payload
-    signature = _SIGNERS[key.alg].sign(signing_input, key.key)
-    compact = b".".join((signing_input, b64url_ascii(signature)))
-    del signing_input
-    return compact.decode("ascii")
+    return sign_jws_ascii(payload, key, typ).decode("ascii")
 
 
 def sign_jwt(claims: Mapping[str, Any], key: PrivateKey, typ: str) -> str:
     """A compact JWS of the JSON ``claims`` (see :func:`sign_jws`)."""
-    return sign_jws(canonical_json(claims), key, typ)
+    return sign_jws_ascii(canonical_json(claims), key, typ).decode("ascii")
 
 
 def detached_signature(payload: bytes, key: PrivateKey, typ: str) -> str:
@@ -518,8 +541,13 @@ def _sender_agreement(recipient: PublicKeyObject) -> tuple[dict[str, str], bytes
     raise ValueError("not an X25519 or P-256 key")
 
 
-def encrypt(plaintext: bytes, recipient: PublicKey, typ: str) -> str:
-    """A compact JWE (``ECDH-ES+A256KW``, ``A256GCM``) of ``plaintext`` to ``recipient``."""
+def encrypt(plaintext: _Buffer, recipient: PublicKey, typ: str) -> bytearray:
+    """A compact JWE (``ECDH-ES+A256KW``, ``A256GCM``) of ``plaintext`` to ``recipient``, as ASCII.
+
+    A large plaintext is encrypted a slice at a time, each slice's ciphertext
+    coded straight into the compact form: no ciphertext of the plaintext's
+    size is made, and no text of the result (memory).
+    """
     if recipient.use != "enc":
         raise MalformedJose("recipient key is not an encryption key")
     try:
@@ -538,18 +566,25 @@ def encrypt(plaintext: bytes, recipient: PublicKey, typ: str) -> str:
     protected = b64url_ascii(canonical_json(header))
     cek = os.urandom(_CEK_BYTES)
     iv = os.urandom(_IV_BYTES)
-    encrypted_key = aes_key_wrap(_key_encryption_key(shared, _OTHER_INFO), cek)
-    sealed = AESGCM(cek).encrypt(iv, plaintext, protected)
-    # Only the ciphertext is needed now: a caller's temporary plaintext is freed.
-    del plaintext
-    # Ciphertext and tag are views of AES-GCM's one output, encoded straight
-    # into the compact's one buffer: no slice, segment or join copies (memory).
-    ciphertext = memoryview(sealed)
-    compact = _b64url_compact(
-        encrypted_key, iv, ciphertext[:-_TAG_BYTES], ciphertext[-_TAG_BYTES:], first=protected
+    compact = _CompactBuffer(
+        _WRAPPED_CEK_BYTES, _IV_BYTES, len(plaintext), _TAG_BYTES, first=protected
     )
-    del ciphertext, sealed  # freed before the text is made
-    return compact.decode("ascii")
+    compact.segment(aes_key_wrap(_key_encryption_key(shared, _OTHER_INFO), cek))
+    compact.segment(iv)
+    if len(plaintext) <= _ENCODE_SLICE_BYTES:
+        # One call is fastest, and its copy is small.
+        sealed = memoryview(AESGCM(cek).encrypt(iv, plaintext, protected))
+        compact.segment(sealed[:-_TAG_BYTES])
+        compact.segment(sealed[-_TAG_BYTES:])
+        return compact.data
+    encryptor = Cipher(algorithms.AES(cek), modes.GCM(iv)).encryptor()
+    encryptor.authenticate_additional_data(protected)
+    # GCM is a stream mode: each slice's ciphertext is exactly the slice's
+    # size, so every piece but the last is whole base64 quanta.
+    compact.coded_slices(encryptor.update(piece) for piece in _slices(plaintext))
+    encryptor.finalize()
+    compact.segment(encryptor.tag)
+    return compact.data
 
 
 @dataclass(frozen=True)
@@ -584,7 +619,7 @@ def check_jwe_header(compact: object, keys: Collection[PrivateKey], expected_typ
     for key in keys:
         if key.kid == header["kid"]:
             _check_epk(epk, key)
-            return _SplitJWEHeader(header=header, key=key, compact=str(compact), bounds=bounds)
+            return _SplitJWEHeader(header=header, key=key, compact=text, bounds=bounds)
     raise MalformedJose("kid is not one of our encryption keys")
 
 
@@ -650,26 +685,33 @@ def _other_info(header: Mapping[str, Any]) -> bytes:
     return _ALGORITHM_ID + _length_prefixed(apu) + _length_prefixed(apv) + _SUPP_PUB_INFO
 
 
-def _ciphertext_and_tag(compact: str, ciphertext_at: _Bounds, tag: bytes) -> bytes | bytearray:
-    """AES-GCM's input, ``ciphertext || tag``, from the ciphertext segment."""
+def _gcm_decrypt(
+    cek: bytes, iv: bytes, tag: bytes, aad: bytes, *, compact: str, ciphertext_at: _Bounds
+) -> bytes | bytearray:
+    """A256GCM decryption of the ciphertext segment of ``compact``; ``InvalidTag`` if forged.
+
+    A large ciphertext is decoded and decrypted a slice at a time straight
+    into the plaintext's buffer: no copy of its text and no ciphertext of its
+    size (memory). The plaintext is returned only once the tag verified.
+    """
     start, end = ciphertext_at
     if end - start <= _DECODE_SLICE_CHARS:
-        return b64url_decode(compact[start:end]) + tag
-    # A large ciphertext is decoded a slice at a time from the compact text
-    # straight into one buffer with room for the tag: no copy of its text,
-    # no concatenation (memory).
-    sealed = bytearray((end - start) * 3 // 4 + _TAG_BYTES)
+        return AESGCM(cek).decrypt(iv, b64url_decode(compact[start:end]) + tag, aad)
+    decryptor = Cipher(algorithms.AES(cek), modes.GCM(iv, tag)).decryptor()
+    decryptor.authenticate_additional_data(aad)
+    plaintext = bytearray((end - start) * 3 // 4)
     at = 0
     for piece in _b64url_decoded_slices(compact, ciphertext_at):
-        sealed[at : at + len(piece)] = piece
-        at += len(piece)
-    sealed[at:] = tag
-    return sealed
+        decrypted = decryptor.update(piece)
+        plaintext[at : at + len(decrypted)] = decrypted
+        at += len(decrypted)
+    decryptor.finalize()
+    return plaintext
 
 
 def _open(
     compact: str, bounds: Sequence[_Bounds], header: Mapping[str, Any], key: PrivateKey
-) -> bytes:
+) -> bytes | bytearray:
     """ECDH-ES+A256KW / A256GCM decryption of a split compact JWE with ``key``.
 
     It does not rely on the header check having run: whatever the header
@@ -691,29 +733,34 @@ def _open(
     )
     iv = _fixed_bytes(_segment(compact, iv_at), "iv", _IV_BYTES)
     tag = _fixed_bytes(_segment(compact, tag_at), "tag", _TAG_BYTES)
-    try:
-        sealed = _ciphertext_and_tag(compact, ciphertext_at, tag)
-    except ValueError as exc:
-        raise MalformedJose("does not decrypt: ciphertext is not base64url") from exc
     other_info = _other_info(header)
     kek = _key_encryption_key(_recipient_agreement(epk, key), other_info)
     try:
         cek = aes_key_unwrap(kek, encrypted_key)
     except InvalidUnwrap as exc:
         raise MalformedJose("does not decrypt: InvalidUnwrap") from exc
+    aad = _segment(compact, protected_at).encode("ascii")
     try:
-        return AESGCM(cek).decrypt(iv, sealed, _segment(compact, protected_at).encode("ascii"))
+        return _gcm_decrypt(cek, iv, tag, aad, compact=compact, ciphertext_at=ciphertext_at)
+    except ValueError as exc:
+        raise MalformedJose("does not decrypt: ciphertext is not base64url") from exc
     except InvalidTag as exc:
         raise MalformedJose("does not decrypt: InvalidTag") from exc
 
 
-def decrypt(compact: object, keys: Collection[PrivateKey], expected_typ: str) -> bytes:
-    """Decrypt a compact JWE addressed to one of ``keys``; any failure is ``MalformedJose``."""
-    checked = check_jwe_header(compact, keys, expected_typ)
-    if isinstance(checked, _SplitJWEHeader) and checked.compact is compact:
-        text, bounds, header = checked.compact, checked.bounds, checked.header
+def decrypt(compact: object, keys: Collection[PrivateKey], expected_typ: str) -> bytes | bytearray:
+    """Decrypt a compact JWE addressed to one of ``keys``; any failure is ``MalformedJose``.
+
+    ``compact`` is its text, or the ASCII bytes as sent (as :func:`encrypt` makes them).
+    """
+    if isinstance(compact, bytes | bytearray) and len(compact) <= MAX_COMPACT_BYTES:
+        compact = compact.decode("ascii", errors="replace")  # non-ASCII is refused as text
+    text = _compact_text(compact)
+    checked = check_jwe_header(text, keys, expected_typ)
+    if isinstance(checked, _SplitJWEHeader) and checked.compact is text:
+        bounds, header = checked.bounds, checked.header
     else:  # a JWEHeader not made by check_jwe_header for this object: split it here
-        text, bounds = _segment_bounds(compact, 5)
+        text, bounds = _segment_bounds(text, 5)
         header = _header(_segment(text, bounds[0]))
     try:
         return _open(text, bounds, header, checked.key)

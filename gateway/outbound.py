@@ -90,7 +90,7 @@ class PeerTransport(Protocol):
     """How we reach peer gateways: one pooled session in production."""
 
     async def post(
-        self, url: str, *, data: bytes | Mapping[str, str], headers: Mapping[str, str]
+        self, url: str, *, data: bytes | bytearray | Mapping[str, str], headers: Mapping[str, str]
     ) -> tuple[int, str, bytes, Mapping[str, str]]:
         """POST; (status, content type, body, headers), or ``UpstreamUnreachable``."""
 
@@ -103,7 +103,7 @@ class HttpPeerTransport:
         self._timeout = timeout
 
     async def post(
-        self, url: str, *, data: bytes | Mapping[str, str], headers: Mapping[str, str]
+        self, url: str, *, data: bytes | bytearray | Mapping[str, str], headers: Mapping[str, str]
     ) -> tuple[int, str, bytes, Mapping[str, str]]:
         """POST within the upstream timeout; network failures are ``upstream-unreachable``."""
         try:
@@ -265,10 +265,10 @@ class Consumer:
                     recipient=recipient,
                     now=runtime.now(),
                 )
-            # The sealed message's JWS and JWE are each larger than the body:
-            # neither is held while the answer is awaited and opened (memory).
+            # The JWE is larger than the body: it is not held while the
+            # answer is awaited and opened (memory).
             binding = sealed.binding
-            outgoing = HandedBody(sealed.jwe.encode("ascii"))
+            outgoing = HandedBody(sealed.jwe)
             del sealed
             members.update(jti=binding.jti, req_hash=binding.req_hash)
             try:
@@ -394,7 +394,7 @@ class Consumer:
         call: ClientRequest,
         contract: Contract,
         token: str,
-        outgoing: HandedBody[bytes],
+        outgoing: HandedBody[bytearray],
         binding: RequestBinding,
         members: dict[str, Any],
         started: float,

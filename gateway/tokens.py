@@ -61,7 +61,7 @@ def new_jti() -> str:
     return b64url(secrets.token_bytes(16))
 
 
-def token_hash(compact: str | bytes) -> str:
+def token_hash(compact: str | bytes | bytearray) -> str:
     """base64url(SHA-256(ASCII bytes of a compact serialization)): ``ath`` and ``req_hash``.
 
     Given the bytes already (a decrypted inner JWS), no ASCII copy is made (memory).

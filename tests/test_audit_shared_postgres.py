@@ -39,7 +39,6 @@ import yaml
 
 from gateway.demo import demo_registry
 from gateway.demo.network import BENEFITS, TAX, build_network
-from gateway.envelope import SealedMessage
 from tests.conftest import LiveNetwork, free_port_base
 from tests.test_audit_crash import (
     exchange,
@@ -49,7 +48,7 @@ from tests.test_audit_crash import (
     run_command,
     wait_ready,
 )
-from tests.wire import Answer, Peer, free_port
+from tests.wire import Answer, CraftedRequest, Peer, free_port
 
 CONSUMER_CLIENTS: Final = 6  # social-benefits' clients, through its gateway, to the first
 PEER_CLIENTS: Final = 6  # peers speaking the protocol directly to the second
@@ -247,7 +246,7 @@ class Load:
 def direct_answer(
     peer: DirectPeer,
     answer: Answer,
-    sealed: SealedMessage,
+    sealed: CraftedRequest,
     subject: str,
     *,
     process: str,

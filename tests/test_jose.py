@@ -89,9 +89,14 @@ def header_for(key: PrivateKey, **changes: Any) -> dict[str, Any]:
     return header
 
 
-def replace_segment(compact: str, index: int, segment: str) -> str:
+def as_text(compact: str | bytes | bytearray) -> str:
+    """A compact serialization as text (``encrypt`` makes the ASCII bytes sent)."""
+    return compact if isinstance(compact, str) else compact.decode("ascii")
+
+
+def replace_segment(compact: str | bytearray, index: int, segment: str) -> str:
     """``compact`` with segment ``index`` replaced."""
-    parts = compact.split(".")
+    parts = as_text(compact).split(".")
     parts[index] = segment
     return ".".join(parts)
 
@@ -103,12 +108,12 @@ def flip(segment: str, position: int = 0) -> str:
     return b64url(bytes(raw))
 
 
-def jwe_header(compact: str) -> dict[str, Any]:
+def jwe_header(compact: str | bytearray) -> dict[str, Any]:
     """The decoded protected header of a compact JWE."""
-    return dict(json.loads(b64url_decode(compact.split(".", maxsplit=1)[0])))
+    return dict(json.loads(b64url_decode(as_text(compact).split(".", maxsplit=1)[0])))
 
 
-def with_jwe_header(compact: str, **changes: Any) -> str:
+def with_jwe_header(compact: str | bytearray, **changes: Any) -> str:
     """``compact`` with its protected header changed (the tag then no longer matches)."""
     header = jwe_header(compact)
     for name, value in changes.items():
@@ -501,7 +506,7 @@ class TestJwe:
     def test_round_trip(self, alg: KeyAlgorithm) -> None:
         """X25519 and P-256 recipients decrypt what was encrypted to them."""
         recipient = generate(alg, 1)
-        compact = encrypt(b"secret payload", recipient.public, JWE_TYP)
+        compact = as_text(encrypt(b"secret payload", recipient.public, JWE_TYP))
         header = jwe_header(compact)
         assert header["alg"] == ENC_ALG
         assert header["enc"] == ENC_ENC
@@ -511,16 +516,28 @@ class TestJwe:
         assert header["epk"]["crv"] == ("X25519" if alg == "ed25519" else "P-256")
         assert decrypt(compact, [recipient], JWE_TYP) == b"secret payload"
 
+    @pytest.mark.parametrize("size", [10, 500_000])
+    def test_ascii_bytes_as_sent(self, encryption_key: PrivateKey, size: int) -> None:
+        """``encrypt`` makes the ASCII bytes sent, which ``decrypt`` takes as they are."""
+        compact = encrypt(b"y" * size, encryption_key.public, JWE_TYP)
+        assert isinstance(compact, bytearray)
+        assert compact.isascii()
+        assert decrypt(compact, [encryption_key], JWE_TYP) == b"y" * size
+        assert decrypt(bytes(compact), [encryption_key], JWE_TYP) == b"y" * size
+        non_ascii = compact.replace(b".", "é.".encode(), 1)
+        with pytest.raises(MalformedJose, match="header: not unpadded base64url"):
+            decrypt(non_ascii, [encryption_key], JWE_TYP)
+
     def test_large_plaintext(self, encryption_key: PrivateKey) -> None:
         """A plaintext well above 64 KiB (a large but allowed body) round-trips."""
         plaintext = b"x" * (300 * 1024)
-        compact = encrypt(plaintext, encryption_key.public, JWE_TYP)
+        compact = as_text(encrypt(plaintext, encryption_key.public, JWE_TYP))
         assert decrypt(compact, [encryption_key], JWE_TYP) == plaintext
 
     def test_key_ring_picks_by_kid(self, encryption_key: PrivateKey) -> None:
         """With several keys, the one named by kid decrypts (rotation overlap)."""
         old = generate("ed25519", 1)
-        compact = encrypt(b"x", old.public, JWE_TYP)
+        compact = as_text(encrypt(b"x", old.public, JWE_TYP))
         assert decrypt(compact, [encryption_key, old], JWE_TYP) == b"x"
         assert check_jwe_header(compact, [encryption_key, old], JWE_TYP).key == old
 
@@ -531,13 +548,13 @@ class TestJwe:
 
     def test_wrong_kid(self, encryption_key: PrivateKey) -> None:
         """A JWE to another key (another kid) is refused before decryption."""
-        compact = encrypt(b"x", generate("ed25519", 1).public, JWE_TYP)
+        compact = as_text(encrypt(b"x", generate("ed25519", 1).public, JWE_TYP))
         with pytest.raises(MalformedJose, match="not one of our encryption keys"):
             decrypt(compact, [encryption_key], JWE_TYP)
 
     def test_kid_relabelled_to_ours(self, encryption_key: PrivateKey) -> None:
         """A JWE to another key with our kid written in does not decrypt."""
-        compact = encrypt(b"x", generate("ed25519", 1).public, JWE_TYP)
+        compact = as_text(encrypt(b"x", generate("ed25519", 1).public, JWE_TYP))
         relabelled = with_jwe_header(compact, kid=encryption_key.kid)
         with pytest.raises(MalformedJose, match="does not decrypt"):
             decrypt(relabelled, [encryption_key], JWE_TYP)
@@ -592,7 +609,7 @@ class TestJwe:
 
     def test_epk_with_private_part(self, encryption_key: PrivateKey) -> None:
         """An epk carrying 'd' is refused."""
-        compact = encrypt(b"x", encryption_key.public, JWE_TYP)
+        compact = as_text(encrypt(b"x", encryption_key.public, JWE_TYP))
         epk = {**jwe_header(compact)["epk"], "d": b64url(b"\x01" * 32)}
         with pytest.raises(MalformedJose, match="epk carries a private key"):
             decrypt(with_jwe_header(compact, epk=epk), [encryption_key], JWE_TYP)
@@ -620,7 +637,7 @@ class TestJwe:
 
     def test_typ_with_prefix_accepted(self, encryption_key: PrivateKey) -> None:
         """A JWE typ with application/ and other case passes the header check."""
-        compact = encrypt(b"x", encryption_key.public, "Application/Exchange-Request+JWE")
+        compact = as_text(encrypt(b"x", encryption_key.public, "Application/Exchange-Request+JWE"))
         assert decrypt(compact, [encryption_key], JWE_TYP) == b"x"
 
     @pytest.mark.parametrize(
@@ -628,7 +645,7 @@ class TestJwe:
     )
     def test_tampered_segment(self, encryption_key: PrivateKey, index: int, name: str) -> None:
         """One flipped byte in the wrapped key, iv, ciphertext or tag: refused."""
-        compact = encrypt(b"some plaintext", encryption_key.public, JWE_TYP)
+        compact = as_text(encrypt(b"some plaintext", encryption_key.public, JWE_TYP))
         for position in (0, -1):
             tampered = replace_segment(compact, index, flip(compact.split(".")[index], position))
             with pytest.raises(MalformedJose, match="does not decrypt"):
@@ -637,7 +654,7 @@ class TestJwe:
     @pytest.mark.parametrize("index", [1, 2, 3, 4])
     def test_truncated_segment(self, encryption_key: PrivateKey, index: int) -> None:
         """A segment one byte short (or empty) is refused."""
-        compact = encrypt(b"some plaintext", encryption_key.public, JWE_TYP)
+        compact = as_text(encrypt(b"some plaintext", encryption_key.public, JWE_TYP))
         raw = b64url_decode(compact.split(".")[index])
         for shorter in (raw[:-1], b""):
             with pytest.raises(MalformedJose):
@@ -651,15 +668,15 @@ class TestJwe:
 
     def test_segments_swapped_between_messages(self, encryption_key: PrivateKey) -> None:
         """The ciphertext of one message under the header of another: refused."""
-        one = encrypt(b"first", encryption_key.public, JWE_TYP).split(".")
-        two = encrypt(b"second", encryption_key.public, JWE_TYP).split(".")
+        one = as_text(encrypt(b"first", encryption_key.public, JWE_TYP)).split(".")
+        two = as_text(encrypt(b"second", encryption_key.public, JWE_TYP)).split(".")
         with pytest.raises(MalformedJose, match="does not decrypt"):
             decrypt(".".join([*one[:3], *two[3:]]), [encryption_key], JWE_TYP)
 
     @pytest.mark.parametrize("count", [3, 4, 6])
     def test_segment_counts(self, encryption_key: PrivateKey, count: int) -> None:
         """A JWE has five segments."""
-        parts = (encrypt(b"x", encryption_key.public, JWE_TYP).split(".") * 2)[:count]
+        parts = (as_text(encrypt(b"x", encryption_key.public, JWE_TYP)).split(".") * 2)[:count]
         with pytest.raises(MalformedJose, match="must have 5 parts"):
             decrypt(".".join(parts), [encryption_key], JWE_TYP)
 
@@ -670,7 +687,7 @@ class TestJwe:
 
     def test_every_failure_is_jose_error(self, encryption_key: PrivateKey) -> None:
         """Decryption failures surface only as MalformedJose (a JoseError)."""
-        compact = encrypt(b"x", encryption_key.public, JWE_TYP)
+        compact = as_text(encrypt(b"x", encryption_key.public, JWE_TYP))
         with pytest.raises(JoseError):
             decrypt(compact[:-3], [encryption_key], JWE_TYP)
 
@@ -803,7 +820,7 @@ KINDS: list[KeyAlgorithm] = ["ed25519", "p256"]
 # Keys for the hypothesis properties (function-scoped fixtures do not mix with @given).
 PROPERTY_KEYS: dict[str, PrivateKey] = {kind: generate(kind, 1) for kind in KINDS}
 PROPERTY_JWES: dict[str, str] = {
-    kind: encrypt(b'{"iss":"a","body":{"n":1}}', key.public, JWE_TYP)
+    kind: as_text(encrypt(b'{"iss":"a","body":{"n":1}}', key.public, JWE_TYP))
     for kind, key in PROPERTY_KEYS.items()
 }
 
@@ -820,7 +837,7 @@ def jwe_protected(recipient: PrivateKey, **extra: str) -> dict[str, str]:
     }
 
 
-def with_segment_bytes(compact: str, index: int, raw: bytes) -> str:
+def with_segment_bytes(compact: str | bytearray, index: int, raw: bytes) -> str:
     """``compact`` with segment ``index`` replaced by the encoding of ``raw``."""
     return replace_segment(compact, index, b64url(raw))
 
@@ -848,7 +865,7 @@ class TestJweCrossLibrary:
         from joserfc.jwk import ECKey, OKPKey
 
         recipient = generate(kind, 1)
-        compact = encrypt(b"for joserfc", recipient.public, JWE_TYP)
+        compact = as_text(encrypt(b"for joserfc", recipient.public, JWE_TYP))
         key = (ECKey if kind == "p256" else OKPKey).import_key(recipient.key)
         result = joserfc_jwe.decrypt_compact(compact, key, algorithms=[ENC_ALG, ENC_ENC])
         assert result.plaintext == b"for joserfc"
@@ -861,7 +878,7 @@ class TestJweCrossLibrary:
         from jwcrypto.jwk import JWK
 
         recipient = generate(kind, 1)
-        compact = encrypt(b"for jwcrypto", recipient.public, JWE_TYP)
+        compact = as_text(encrypt(b"for jwcrypto", recipient.public, JWE_TYP))
         token = jwcrypto_jwe.JWE()
         token.deserialize(compact, JWK.from_pyca(recipient.key))
         assert token.payload == b"for jwcrypto"
@@ -938,7 +955,7 @@ class TestJweCrossLibrary:
         from joserfc.jwk import ECKey, OKPKey
 
         recipient = generate(kind, 1)
-        compact = encrypt(b"", recipient.public, JWE_TYP)
+        compact = as_text(encrypt(b"", recipient.public, JWE_TYP))
         assert compact.split(".")[3] == ""
         assert decrypt(compact, [recipient], JWE_TYP) == b""
         key = (ECKey if kind == "p256" else OKPKey).import_key(recipient.key)
@@ -947,8 +964,8 @@ class TestJweCrossLibrary:
 
     def test_fresh_ephemeral_key_iv_and_cek(self, encryption_key: PrivateKey) -> None:
         """Two seals of the same plaintext share no epk, encrypted key, IV or ciphertext."""
-        one = encrypt(b"same", encryption_key.public, JWE_TYP).split(".")
-        two = encrypt(b"same", encryption_key.public, JWE_TYP).split(".")
+        one = as_text(encrypt(b"same", encryption_key.public, JWE_TYP)).split(".")
+        two = as_text(encrypt(b"same", encryption_key.public, JWE_TYP)).split(".")
         for index in range(5):
             assert one[index] != two[index]
 
@@ -956,7 +973,7 @@ class TestJweCrossLibrary:
     def test_header_members(self, kind: KeyAlgorithm) -> None:
         """The protected header is exactly the protocol's, plus a public epk of our curve."""
         recipient = generate(kind, 1)
-        header = jwe_header(encrypt(b"x", recipient.public, JWE_TYP))
+        header = jwe_header(as_text(encrypt(b"x", recipient.public, JWE_TYP)))
         epk = header.pop("epk")
         assert header == jwe_protected(recipient)
         if kind == "p256":
@@ -983,7 +1000,7 @@ class TestJweBinaryMembers:
         self, encryption_key: PrivateKey, index: int, name: str, lengths: list[int]
     ) -> None:
         """An encrypted key other than 40 bytes, an IV other than 12, a tag other than 16."""
-        compact = encrypt(b"some plaintext", encryption_key.public, JWE_TYP)
+        compact = as_text(encrypt(b"some plaintext", encryption_key.public, JWE_TYP))
         for length in lengths:
             bad = with_segment_bytes(compact, index, bytes(range(length)))
             with pytest.raises(MalformedJose, match=f"{name} must be"):
@@ -995,14 +1012,14 @@ class TestJweBinaryMembers:
         self, encryption_key: PrivateKey, index: int, suffix: str
     ) -> None:
         """Padding or characters outside base64url in any binary segment: refused."""
-        compact = encrypt(b"some plaintext", encryption_key.public, JWE_TYP)
+        compact = as_text(encrypt(b"some plaintext", encryption_key.public, JWE_TYP))
         bad = replace_segment(compact, index, compact.split(".")[index] + suffix)
         with pytest.raises(MalformedJose, match="not base64url"):
             decrypt(bad, [encryption_key], JWE_TYP)
 
     def test_non_canonical_base64url_refused(self, encryption_key: PrivateKey) -> None:
         """An IV whose last character carries non-zero unused bits is refused."""
-        compact = encrypt(b"x", encryption_key.public, JWE_TYP)
+        compact = as_text(encrypt(b"x", encryption_key.public, JWE_TYP))
         iv = compact.split(".")[2]  # 12 bytes: 16 characters, no unused bits; use the tag
         tag = compact.split(".")[4]  # 16 bytes: 22 characters, 4 unused bits in the last
         assert len(iv) == 16
@@ -1016,7 +1033,7 @@ class TestJweBinaryMembers:
     def test_invalid_p256_epk_point(self) -> None:
         """An epk point off P-256 is refused before any key agreement."""
         recipient = generate("p256", 1)
-        compact = encrypt(b"x", recipient.public, JWE_TYP)
+        compact = as_text(encrypt(b"x", recipient.public, JWE_TYP))
         epk = jwe_header(compact)["epk"]
         y = int.from_bytes(b64url_decode(epk["y"]), "big")
         off_curve = {**epk, "y": b64url(((y + 1) % P256_P).to_bytes(32, "big"))}
@@ -1026,7 +1043,7 @@ class TestJweBinaryMembers:
     def test_unreduced_p256_coordinate(self) -> None:
         """A coordinate x + p (same point modulo p) is refused: one encoding per point."""
         recipient = generate("p256", 1)
-        compact = encrypt(b"x", recipient.public, JWE_TYP)
+        compact = as_text(encrypt(b"x", recipient.public, JWE_TYP))
         x, y = p256_point_with_small_x()
         canonical = {"kty": "EC", "crv": "P-256", "y": b64url(y.to_bytes(32, "big"))}
         # The reduced point is accepted up to the tag (the JWE was not made with it) ...
@@ -1043,7 +1060,7 @@ class TestJweBinaryMembers:
     def test_epk_coordinate_lengths(self, kind: KeyAlgorithm, length: int) -> None:
         """epk coordinates are exactly 32 bytes (X25519 x; P-256 x and y)."""
         recipient = generate(kind, 1)
-        compact = encrypt(b"x", recipient.public, JWE_TYP)
+        compact = as_text(encrypt(b"x", recipient.public, JWE_TYP))
         epk = jwe_header(compact)["epk"]
         for name in ("x", "y") if kind == "p256" else ("x",):
             bad = {**epk, name: b64url(b"\x01" * length)}
@@ -1055,7 +1072,7 @@ class TestJweBinaryMembers:
     def test_epk_coordinate_not_base64url(self, kind: KeyAlgorithm, value: object) -> None:
         """A missing, non-string or non-base64url epk coordinate is refused."""
         recipient = generate(kind, 1)
-        compact = encrypt(b"x", recipient.public, JWE_TYP)
+        compact = as_text(encrypt(b"x", recipient.public, JWE_TYP))
         epk = {**jwe_header(compact)["epk"], "x": value}
         if value is None:
             del epk["x"]
@@ -1065,14 +1082,14 @@ class TestJweBinaryMembers:
     @pytest.mark.parametrize("point", [bytes(32), b"\x01" + bytes(31), b"\xe0\xeb\x7a\x7c" * 8])
     def test_low_order_x25519_epk(self, encryption_key: PrivateKey, point: bytes) -> None:
         """A low-order X25519 epk (all-zero shared secret, RFC 7748 6.1) is MalformedJose."""
-        compact = encrypt(b"x", encryption_key.public, JWE_TYP)
+        compact = as_text(encrypt(b"x", encryption_key.public, JWE_TYP))
         epk = {"kty": "OKP", "crv": "X25519", "x": b64url(point)}
         with pytest.raises(MalformedJose, match="does not decrypt"):
             decrypt(with_jwe_header(compact, epk=epk), [encryption_key], JWE_TYP)
 
     def test_zero_epk_names_the_reason(self, encryption_key: PrivateKey) -> None:
         """The all-zero point is refused for what it is, not by a tag mismatch."""
-        compact = encrypt(b"x", encryption_key.public, JWE_TYP)
+        compact = as_text(encrypt(b"x", encryption_key.public, JWE_TYP))
         epk = {"kty": "OKP", "crv": "X25519", "x": b64url(bytes(32))}
         with pytest.raises(MalformedJose, match="low-order epk"):
             decrypt(with_jwe_header(compact, epk=epk), [encryption_key], JWE_TYP)
@@ -1087,7 +1104,7 @@ class TestJweBinaryMembers:
             return jose.JWEHeader(header={}, key=next(iter(keys)))
 
         monkeypatch.setattr(jose, "check_jwe_header", bypass)
-        compact = encrypt(b"x", encryption_key.public, JWE_TYP)
+        compact = as_text(encrypt(b"x", encryption_key.public, JWE_TYP))
         assert decrypt(compact, [encryption_key], JWE_TYP) == b"x"
         for changes, reason in (
             ({"alg": "ECDH-ES"}, "alg/enc must be"),
@@ -1341,7 +1358,7 @@ class TestLargeValues:
 
         recipient = generate(kind, 1)
         plaintext = bytes(range(256)) * (size // 256) + b"\x00" * (size % 256)
-        compact = encrypt(plaintext, recipient.public, JWE_TYP)
+        compact = as_text(encrypt(plaintext, recipient.public, JWE_TYP))
         assert decrypt(compact, [recipient], JWE_TYP) == plaintext
         segments = compact.split(".")
         assert [b64url(b64url_decode(segment)) for segment in segments] == segments
@@ -1349,6 +1366,31 @@ class TestLargeValues:
         token = jwcrypto_jwe.JWE()
         token.deserialize(compact, JWK.from_pyca(recipient.key))
         assert token.payload == plaintext
+
+    @pytest.mark.parametrize("size", SIZES)
+    def test_joserfc_jwe_decrypts_here(self, size: int) -> None:
+        """A large JWE sealed by joserfc opens here (the sliced decryption)."""
+        from joserfc import jwe as joserfc_jwe
+        from joserfc.jwk import OKPKey
+
+        recipient = generate("ed25519", 1)
+        plaintext = bytes(range(256)) * (size // 256) + b"\x01" * (size % 256)
+        compact = joserfc_jwe.encrypt_compact(
+            jwe_protected(recipient),
+            plaintext,
+            OKPKey.import_key(recipient.public.key),
+            algorithms=[ENC_ALG, ENC_ENC],
+        )
+        assert decrypt(compact, [recipient], JWE_TYP) == plaintext
+
+    def test_forged_large_ciphertext(self) -> None:
+        """One flipped byte of a large ciphertext fails the tag: no plaintext comes back."""
+        recipient = generate("ed25519", 1)
+        compact = as_text(encrypt(b"x" * 500_000, recipient.public, JWE_TYP))
+        for position in (0, 300_000, 499_999):
+            forged = replace_segment(compact, 3, flip(compact.split(".")[3], position))
+            with pytest.raises(MalformedJose, match="InvalidTag"):
+                decrypt(forged, [recipient], JWE_TYP)
 
     def corruptions(self, segment: str) -> list[str]:
         """``segment`` with a bad character at slice edges, or an impossible length."""
@@ -1376,7 +1418,7 @@ class TestLargeValues:
     def test_jwe_ciphertext_refusals(self) -> None:
         """A corrupted large ciphertext segment is refused as not base64url."""
         recipient = generate("ed25519", 1)
-        compact = encrypt(b"x" * 500_000, recipient.public, JWE_TYP)
+        compact = as_text(encrypt(b"x" * 500_000, recipient.public, JWE_TYP))
         segments = compact.split(".")
         for corrupted in self.corruptions(segments[3]):
             b64url_error(corrupted)  # the plain decoder refuses it too
@@ -1387,7 +1429,7 @@ class TestLargeValues:
     def test_ciphertext_of_the_wrong_length(self) -> None:
         """A large ciphertext one quantum short or long decodes, and fails the tag."""
         recipient = generate("ed25519", 1)
-        compact = encrypt(b"x" * 500_000, recipient.public, JWE_TYP)
+        compact = as_text(encrypt(b"x" * 500_000, recipient.public, JWE_TYP))
         ciphertext = compact.split(".")[3]
         for changed in (ciphertext[4:], ciphertext[:4] + ciphertext):
             with pytest.raises(MalformedJose, match="InvalidTag"):

@@ -1106,7 +1106,7 @@ class TestJwcryptoInterop:
         recipient = generate_private_keys(kind)[1]
         compact = jose.encrypt(PAYLOAD, recipient.public, "exchange-response+jwe")
         token = jwe.JWE()
-        token.deserialize(compact, JWK.from_pyca(recipient.key))
+        token.deserialize(compact.decode("ascii"), JWK.from_pyca(recipient.key))
         assert token.payload == PAYLOAD
         header = json.loads(token.objects["protected"])
         expected = {"alg": ENC_ALG, "enc": ENC_ENC, "kid": recipient.kid, "cty": "JWT"}
@@ -1166,10 +1166,11 @@ class TestJwcryptoInterop:
 
         signer = vector_signers()[signer_name]
         recipient, recipient_jwk = vector_recipients()[recipient_name]
-        inner = jose.sign_jws(PAYLOAD, signer, "exchange-request+jwt")
-        outer = jose.encrypt(inner.encode("ascii"), recipient.public, "exchange-request+jwe")
+        # As an envelope is sealed: the JWS's ASCII bytes encrypted, the JWE's sent.
+        inner = jose.sign_jws_ascii(PAYLOAD, signer, "exchange-request+jwt")
+        outer = jose.encrypt(inner, recipient.public, "exchange-request+jwe")
         envelope = jwe.JWE()
-        envelope.deserialize(outer, JWK(**recipient_jwk))
+        envelope.deserialize(outer.decode("ascii"), JWK(**recipient_jwk))
         assert json.loads(envelope.objects["protected"])["cty"] == "JWT"
         signed = jws.JWS()
         signed.deserialize(envelope.payload.decode("ascii"))

@@ -53,7 +53,7 @@ from gateway.bodies import HandedBody
 from gateway.contracts import Contract, load_contract_file, sign_contract
 from gateway.demo import demo_registry, running_network
 from gateway.demo.network import BENEFITS, INCOME_CONTRACT, TAX, build_network
-from gateway.envelope import REQUEST_JWE_TYP, REQUEST_JWS_TYP, SealedMessage, open_response
+from gateway.envelope import REQUEST_JWE_TYP, REQUEST_JWS_TYP, RequestBinding, open_response
 from gateway.jose import canonical_json, encrypt
 from gateway.keys import (
     AgencyKeys,
@@ -303,6 +303,20 @@ async def get(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> Answer
         return Answer(response.status, dict(response.headers), raw, response.content_type)
 
 
+@dataclass(frozen=True)
+class CraftedRequest:
+    """A request a test peer sealed: the JWE to send, and its inner JWS for the tests about it."""
+
+    jwe: str
+    jws: str
+    jti: str
+
+    @property
+    def binding(self) -> RequestBinding:
+        """What the provider's response must name."""
+        return RequestBinding(jti=self.jti, req_hash=token_hash(self.jws))
+
+
 @dataclass
 class Peer:
     """``consumer`` speaking the wire protocol directly to ``provider`` in a live network."""
@@ -405,12 +419,12 @@ class Peer:
         signing_key: PrivateKey | None = None,
         header: Mapping[str, Any] | None = None,
         recipient: PublicKey | None = None,
-    ) -> SealedMessage:
+    ) -> CraftedRequest:
         """Sign ``claims`` (header overridable) and encrypt with the project's JWE code."""
         key = signing_key or self.keys.signing
         jws = raw_jws(standard_header(REQUEST_JWS_TYP, key, **(header or {})), claims, key)
         jwe = encrypt(jws.encode("ascii"), recipient or self.recipient, REQUEST_JWE_TYP)
-        return SealedMessage(jwe=jwe, jws=jws, jti=str(claims.get("jti")))
+        return CraftedRequest(jwe=jwe.decode("ascii"), jws=jws, jti=str(claims.get("jti")))
 
     async def send(
         self,
@@ -436,7 +450,7 @@ class Peer:
         )
         return await post(session, url, data=data, headers=sent)
 
-    def open(self, answer: Answer, request: SealedMessage) -> Mapping[str, Any]:
+    def open(self, answer: Answer, request: CraftedRequest) -> Mapping[str, Any]:
         """Decrypt and verify a 200 answer as the consumer would; its claims."""
         opened = open_response(
             HandedBody(answer.raw.decode("ascii")),
