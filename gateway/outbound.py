@@ -272,15 +272,11 @@ class Consumer:
             del sealed
             members.update(jti=binding.jti, req_hash=binding.req_hash)
             try:
-                return await self._send(
+                answer = await self._send(
                     provider_url=provider_url,
-                    call=call,
-                    contract=contract,
+                    service=call.service,
                     token=token,
                     outgoing=outgoing,
-                    binding=binding,
-                    members=members,
-                    started=started,
                     phases=phases,
                 )
             except UpstreamProblem as exc:
@@ -290,6 +286,19 @@ class Consumer:
                 # contract) is renewed once; any other refusal is final.
                 if exc.problem != "token-invalid" or attempt == 1:
                     raise
+                continue
+            # Answered: no retry is left, so the body's encoding is not held
+            # while the answer is opened (memory).
+            del encoded
+            return await self._accept(
+                answer,
+                call=call,
+                contract=contract,
+                binding=binding,
+                members=members,
+                started=started,
+                phases=phases,
+            )
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _choose_contract(self, client: str, call: ClientRequest) -> Contract:
@@ -391,19 +400,15 @@ class Consumer:
         self,
         *,
         provider_url: str,
-        call: ClientRequest,
-        contract: Contract,
+        service: str,
         token: str,
         outgoing: HandedBody[bytearray],
-        binding: RequestBinding,
-        members: dict[str, Any],
-        started: float,
         phases: Phases,
-    ) -> ExchangeResult:
-        runtime = self.runtime
+    ) -> HandedBody[str]:
+        """POST the sealed request; the sealed answer's text, or the provider's refusal raised."""
         with phases.timed("upstream"):
             status, content_type, raw, headers = await self.transport.post(
-                f"{provider_url}/v1/services/{call.service}",
+                f"{provider_url}/v1/services/{service}",
                 data=outgoing.take(),
                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/jose"},
             )
@@ -413,10 +418,23 @@ class Consumer:
             raise UpstreamUnreachable("the provider answered with the wrong media type")
         try:
             # Handed over: the text is freed once decrypted, before its claims are parsed.
-            compact = HandedBody(raw.decode("ascii").strip())
+            return HandedBody(raw.decode("ascii").strip())
         except UnicodeDecodeError as exc:
             raise UpstreamUnreachable("the provider answered badly") from exc
-        del raw  # only its text is needed: not held while it is opened (memory)
+
+    async def _accept(
+        self,
+        compact: HandedBody[str],
+        *,
+        call: ClientRequest,
+        contract: Contract,
+        binding: RequestBinding,
+        members: dict[str, Any],
+        started: float,
+        phases: Phases,
+    ) -> ExchangeResult:
+        """Open the provider's sealed answer (3.4), audit it and make the client's result."""
+        runtime = self.runtime
 
         def within_contract(fields: list[str], body: Mapping[str, Any]) -> str | None:
             if not contract.field_filter.permits(fields):
