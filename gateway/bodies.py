@@ -8,21 +8,39 @@ body sent in several writes would be cut short. Every body the gateway reads
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 import aiohttp
 
 
-async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it exceeds ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size = 0
+async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytearray | None:
+    """The whole body, or None as soon as it exceeds ``limit`` bytes.
+
+    Each chunk is appended to one buffer as it arrives: a large body is not
+    held twice, as chunks and then as their join (memory).
+    """
+    body = bytearray()
     async for chunk in stream.iter_any():
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return body
+
+
+_ASCII_WHITESPACE: Final = frozenset(b" \t\n\r\x0b\x0c")
+
+
+def strip_in_place(data: bytearray) -> bytearray:
+    """``data`` without leading and trailing ASCII whitespace, trimmed where it is (no copy)."""
+    end = len(data)
+    while end and data[end - 1] in _ASCII_WHITESPACE:
+        end -= 1
+    del data[end:]
+    start = 0
+    while start < end and data[start] in _ASCII_WHITESPACE:
+        start += 1
+    del data[:start]
+    return data
 
 
 # What a body is handed as: bytes read, a compact JWE's text, or a sealed

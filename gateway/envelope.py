@@ -206,22 +206,19 @@ def seal_request(
 
 
 def _decrypt_inner(
-    jwe: str, keys: Collection[PrivateKey], jwe_typ: str, jws_typ: str
+    jwe: bytearray, keys: Collection[PrivateKey], jwe_typ: str, jws_typ: str
 ) -> tuple[UnverifiedJWS, str]:
     """The inner JWS, split by ``parse_jws`` (its claims to be taken once), and its hash.
 
-    ``jwe`` is the only reference left to the text: it is freed once
-    decrypted, before the claims are parsed (memory).
+    ``jwe`` is the only reference left to the compact JWE: it is freed once
+    decrypted, before the claims are parsed. The decrypted JWS is parsed as
+    the bytes it is, with no text made of it (memory).
     """
     plaintext = decrypt(jwe, keys, jwe_typ)
     del jwe
-    try:
-        inner = plaintext.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise EnvelopeInvalid("the envelope is not valid") from exc
-    digest = token_hash(plaintext)  # the bytes at hand, checked ASCII above
-    del plaintext  # its text is all that is needed from here (memory)
-    return parse_jws(inner, jws_typ), digest
+    if not plaintext.isascii():
+        raise EnvelopeInvalid("the envelope is not valid")
+    return parse_jws(plaintext, jws_typ), token_hash(plaintext)
 
 
 def _opened(
@@ -245,7 +242,7 @@ def _signature_problem(inner: UnverifiedJWS, key: PublicKey | None) -> str | Non
 
 
 def open_request(
-    jwe: HandedBody[str],
+    jwe: HandedBody[bytearray],
     *,
     decryption_keys: Collection[PrivateKey],
     token: AccessToken,
@@ -354,7 +351,7 @@ ReleaseCheck = Callable[[list[str], Mapping[str, Any]], str | None]
 
 
 def open_response(
-    jwe: HandedBody[str],
+    jwe: HandedBody[bytearray],
     *,
     decryption_keys: Collection[PrivateKey],
     registry: SigningKeyLookup,

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 
 from gateway.audit.records import AuditRecord, new_record_identity, record_time
 from gateway.backend import Backend, BackendRequest
-from gateway.bodies import HandedBody
+from gateway.bodies import HandedBody, strip_in_place
 from gateway.contracts import Contract
 from gateway.envelope import (
     EncodedBody,
@@ -149,7 +149,7 @@ async def audit_refusal(
     error.audit_id = await write_audit(runtime, **record)
 
 
-def _parse_form(content_type: str, raw: bytes | None) -> dict[str, list[str]]:
+def _parse_form(content_type: str, raw: bytes | bytearray | None) -> dict[str, list[str]]:
     if content_type != "application/x-www-form-urlencoded":
         raise TokenRequestError("invalid_request", "the body must be form-urlencoded")
     if raw is None:
@@ -170,7 +170,10 @@ class Provider:
     # -- 3.1 token endpoint ------------------------------------------------
 
     async def token(
-        self, content_type: str, raw: bytes | None, members: dict[str, Any] | None = None
+        self,
+        content_type: str,
+        raw: bytes | bytearray | None,
+        members: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], int]:
         """Answer a token request (``raw`` None: too large): the answer and its audit index.
 
@@ -327,7 +330,7 @@ class Provider:
         service: str,
         authorization: str | None,
         content_type: str | None,
-        body: HandedBody[bytes],
+        body: HandedBody[bytearray],
         context: ExchangeContext,
     ) -> tuple[bytearray, int]:
         """Run checks 1-8, the backend and the field filter; the sealed response and index.
@@ -349,7 +352,7 @@ class Provider:
         service: str,
         authorization: str | None,
         content_type: str | None,
-        body: HandedBody[bytes],
+        body: HandedBody[bytearray],
         context: ExchangeContext,
     ) -> tuple[bytearray, int]:
         runtime = self.runtime
@@ -368,12 +371,8 @@ class Provider:
         # 2. envelope-invalid, 3. signature-invalid
         if (content_type or "").split(";")[0].strip().lower() != "application/jose":
             raise EnvelopeInvalid("Content-Type must be application/jose")
-        raw = body.take()
-        try:
-            jwe = HandedBody(raw.decode("ascii").strip())
-        except UnicodeDecodeError:
-            jwe = HandedBody("")  # refused by open_request, as any other bad envelope
-        del raw  # only its text is needed (memory)
+        # Parsed as the bytes received, with no text made of them (memory).
+        jwe = HandedBody(strip_in_place(body.take()))
         request_size = len(jwe.data)
         with context.phases.timed("crypto"):
             # Handed over: the text is freed once decrypted, before its claims are parsed.

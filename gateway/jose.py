@@ -88,7 +88,7 @@ class _EdDSA:
             raise TypeError("EdDSA signs with an Ed25519 key")
         return key.sign(data)
 
-    def verify(self, data: _Buffer, key: PublicKeyObject, signature: bytes) -> bool:
+    def verify(self, data: _Buffer, key: PublicKeyObject, signature: _Buffer) -> bool:
         if not isinstance(key, Ed25519PublicKey) or len(signature) != _SIGNATURE_BYTES:
             return False
         try:
@@ -109,7 +109,7 @@ class _ES256:
         r, s = decode_dss_signature(key.sign(data, _ECDSA_SHA256))
         return r.to_bytes(_COORDINATE_BYTES, "big") + s.to_bytes(_COORDINATE_BYTES, "big")
 
-    def verify(self, data: _Buffer, key: PublicKeyObject, signature: bytes) -> bool:
+    def verify(self, data: _Buffer, key: PublicKeyObject, signature: _Buffer) -> bool:
         if (
             not isinstance(key, ec.EllipticCurvePublicKey)
             or not isinstance(key.curve, ec.SECP256R1)
@@ -168,7 +168,7 @@ _STRICT_DECODER: Final = json.JSONDecoder(
 )
 
 
-def strict_json_object(data: bytes | str) -> dict[str, Any]:
+def strict_json_object(data: bytes | bytearray | str) -> dict[str, Any]:
     """Parse a JSON object: UTF-8 without BOM, no duplicate members, no floats, no NaN/Infinity.
 
     Bytes must be strict UTF-8 (RFC 8259 section 8.1): an encoded lone
@@ -178,7 +178,7 @@ def strict_json_object(data: bytes | str) -> dict[str, Any]:
     return _strict_json_parse(_strict_json_text(data))
 
 
-def _strict_json_text(data: bytes | str) -> str:
+def _strict_json_text(data: bytes | bytearray | str) -> str:
     """The first half of :func:`strict_json_object`: the JSON text, checked."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
@@ -258,34 +258,55 @@ def _segments(compact: object, count: int) -> list[str]:
     return parts
 
 
+# A compact serialization as parsed: its bytes (ASCII when well formed).
+_Compact = bytes | bytearray
+
 # Where a segment is in its compact serialization: (start, end).
 _Bounds = tuple[int, int]
 
 
-def _segment_bounds(compact: object, count: int) -> tuple[str, list[_Bounds]]:
+def _compact_bytes(compact: object) -> _Compact:
+    """A compact serialization's bytes: the ASCII bytes as received, or text's UTF-8.
+
+    Bytes are parsed where they are, with no text made of them (memory). Text
+    that is not ASCII stays refusable: UTF-8 puts no dot inside a character,
+    and a segment with any non-ASCII byte is not base64url.
+    """
+    if isinstance(compact, str):
+        if len(compact) > MAX_COMPACT_BYTES:
+            raise MalformedJose("object too large")
+        return compact.encode("utf-8", "surrogatepass")
+    if not isinstance(compact, bytes | bytearray):
+        raise MalformedJose("not a compact serialization string")
+    if len(compact) > MAX_COMPACT_BYTES:
+        raise MalformedJose("object too large")
+    return compact
+
+
+def _segment_bounds(compact: object, count: int) -> tuple[_Compact, list[_Bounds]]:
     """The checks of :func:`_segments`, and where the segments are rather than copies of them.
 
-    A large segment is then decoded a slice at a time from the compact text
+    A large segment is then decoded a slice at a time from the compact form
     (:func:`_b64url_decoded_slices`), never copied whole (memory).
     """
-    text = _compact_text(compact)
+    data = _compact_bytes(compact)
     bounds: list[_Bounds] = []
     start = 0
     for _ in range(count - 1):
-        end = text.find(".", start)
+        end = data.find(b".", start)
         if end < 0:
             break
         bounds.append((start, end))
         start = end + 1
-    if len(bounds) != count - 1 or text.find(".", start) >= 0:
+    if len(bounds) != count - 1 or data.find(b".", start) >= 0:
         raise MalformedJose(f"compact serialization must have {count} parts")
-    bounds.append((start, len(text)))
-    return text, bounds
+    bounds.append((start, len(data)))
+    return data, bounds
 
 
-def _segment(text: str, bounds: _Bounds) -> str:
+def _segment(data: _Compact, bounds: _Bounds) -> _Compact:
     start, end = bounds
-    return text[start:end]
+    return data[start:end]
 
 
 # Large values are base64url-coded a slice at a time: encoded this many bytes
@@ -345,14 +366,24 @@ class _CompactBuffer:
         return memoryview(self.data)[: self._at]
 
 
-def _b64url_decode_segment(text: str, bounds: _Bounds) -> bytes:
-    """``b64url_decode`` of a segment: a large one without a copy of its text."""
-    if bounds[1] - bounds[0] <= _DECODE_SLICE_CHARS:
-        return b64url_decode(_segment(text, bounds))
-    return b"".join(_b64url_decoded_slices(text, bounds))
+def _b64url_decode_segment(data: _Compact, bounds: _Bounds) -> _Compact:
+    """``b64url_decode`` of a segment: a large one into one buffer, a slice at a time.
+
+    No copy of the segment is made, and no list of decoded slices to join
+    (memory).
+    """
+    start, end = bounds
+    if end - start <= _DECODE_SLICE_CHARS:
+        return b64url_decode(_segment(data, bounds))
+    decoded = bytearray((end - start) * 3 // 4)
+    at = 0
+    for piece in _b64url_decoded_slices(data, bounds):
+        decoded[at : at + len(piece)] = piece
+        at += len(piece)
+    return decoded
 
 
-def _b64url_decoded_slices(text: str, bounds: _Bounds) -> Iterator[bytes]:
+def _b64url_decoded_slices(data: _Compact, bounds: _Bounds) -> Iterator[bytes]:
     """``b64url_decode`` of a segment, a slice at a time, with exactly its errors.
 
     Each slice but the last is whole quanta, so the slices decode alone and
@@ -362,13 +393,13 @@ def _b64url_decoded_slices(text: str, bounds: _Bounds) -> Iterator[bytes]:
     start, end = bounds
     try:
         for at in range(start, end, _DECODE_SLICE_CHARS):
-            yield b64url_decode(text[at : min(at + _DECODE_SLICE_CHARS, end)])
+            yield b64url_decode(data[at : min(at + _DECODE_SLICE_CHARS, end)])
     except ValueError:
-        b64url_decode(_segment(text, bounds))
+        b64url_decode(_segment(data, bounds))
         raise
 
 
-def _header(segment: str) -> dict[str, Any]:
+def _header(segment: _Compact) -> dict[str, Any]:
     if len(segment) > MAX_HEADER_BYTES:
         raise MalformedJose("header too large")
     try:
@@ -393,14 +424,14 @@ class UnverifiedJWS:
     """A compact JWS split and header-checked, its signature not yet verified.
 
     Not frozen for one reason: :meth:`take_claims` gives the payload's bytes
-    and the compact text up, so a large message's claims, their text, its
-    payload's bytes and its JWS text are not all alive at once (memory).
+    and the compact form up, so a large message's claims, their text, its
+    payload's bytes and its JWS are not all alive at once (memory).
     """
 
-    compact: str
+    compact: _Compact
     header: Mapping[str, Any]
-    payload: bytes
-    signature: bytes
+    payload: _Compact
+    signature: _Compact
 
     @property
     def kid(self) -> str:
@@ -409,23 +440,20 @@ class UnverifiedJWS:
 
     @property
     def signing_input(self) -> _Buffer:
-        """``BASE64URL(header) || '.' || BASE64URL(payload)`` as ASCII."""
-        # A view of one ASCII copy of the (parsed, so ASCII) compact, where
-        # slicing and then encoding it makes two (memory).
-        encoded = self.compact.encode("ascii")
-        return memoryview(encoded)[: encoded.rindex(b".")]
+        """``BASE64URL(header) || '.' || BASE64URL(payload)`` as ASCII: a view, not a copy."""
+        return memoryview(self.compact)[: self.compact.rindex(b".")]
 
     def claims(self) -> dict[str, Any]:
         """The payload as a strict JSON object (call only after :meth:`verify`)."""
         return strict_json_object(self.payload)
 
     def take_claims(self) -> dict[str, Any]:
-        """:meth:`claims`, once, after :meth:`verify`: the payload and the text are given up.
+        """:meth:`claims`, once, after :meth:`verify`: the payload and the compact are given up.
 
         Neither is then alive through the parse, which makes objects several
         times their size (memory).
         """
-        payload, self.payload, self.compact = self.payload, b"", ""
+        payload, self.payload, self.compact = self.payload, b"", b""
         text = _strict_json_text(payload)
         del payload
         return _strict_json_parse(text)
@@ -445,18 +473,18 @@ class UnverifiedJWS:
 
 def parse_jws(compact: object, expected_typ: str) -> UnverifiedJWS:
     """Split a compact JWS and apply the 3.0 header rules for position ``expected_typ``."""
-    text, (header_at, payload_at, signature_at) = _segment_bounds(compact, 3)
-    header = _header(_segment(text, header_at))
+    data, (header_at, payload_at, signature_at) = _segment_bounds(compact, 3)
+    header = _header(_segment(data, header_at))
     _check_common_header(header, expected_typ)
     alg = header.get("alg")
     if alg not in _SIGNERS:
         raise MalformedJose("alg not allowed")
     try:
-        payload = _b64url_decode_segment(text, payload_at)
-        signature = _b64url_decode_segment(text, signature_at)
+        payload = _b64url_decode_segment(data, payload_at)
+        signature = _b64url_decode_segment(data, signature_at)
     except ValueError as exc:
         raise MalformedJose(f"payload or signature: {exc}") from exc
-    return UnverifiedJWS(compact=text, header=header, payload=payload, signature=signature)
+    return UnverifiedJWS(compact=data, header=header, payload=payload, signature=signature)
 
 
 def sign_jws_ascii(payload: bytes, key: PrivateKey, typ: str) -> bytearray:
@@ -599,14 +627,14 @@ class JWEHeader:
 class _SplitJWEHeader(JWEHeader):
     """What :func:`check_jwe_header` split, so that :func:`decrypt` splits nothing twice."""
 
-    compact: str = field(repr=False, compare=False)
+    compact: _Compact = field(repr=False, compare=False)
     bounds: Sequence[_Bounds] = field(repr=False, compare=False)
 
 
 def check_jwe_header(compact: object, keys: Collection[PrivateKey], expected_typ: str) -> JWEHeader:
     """Apply 3.0 to a JWE header and pick our key by its ``kid``."""
-    text, bounds = _segment_bounds(compact, 5)
-    header = _header(_segment(text, bounds[0]))
+    data, bounds = _segment_bounds(compact, 5)
+    header = _header(_segment(data, bounds[0]))
     _check_common_header(header, expected_typ)
     if header.get("alg") != ENC_ALG or header.get("enc") != ENC_ENC:
         raise MalformedJose(f"alg/enc must be {ENC_ALG}/{ENC_ENC}")
@@ -619,7 +647,7 @@ def check_jwe_header(compact: object, keys: Collection[PrivateKey], expected_typ
     for key in keys:
         if key.kid == header["kid"]:
             _check_epk(epk, key)
-            return _SplitJWEHeader(header=header, key=key, compact=text, bounds=bounds)
+            return _SplitJWEHeader(header=header, key=key, compact=data, bounds=bounds)
     raise MalformedJose("kid is not one of our encryption keys")
 
 
@@ -634,7 +662,7 @@ def _check_epk(epk: Mapping[str, Any], key: PrivateKey) -> None:
 
 
 def _decoded(segment: object, name: str) -> bytes:
-    if not isinstance(segment, str):
+    if not isinstance(segment, str | bytes | bytearray):
         raise MalformedJose(f"does not decrypt: {name} is not base64url")
     try:
         return b64url_decode(segment)
@@ -686,13 +714,13 @@ def _other_info(header: Mapping[str, Any]) -> bytes:
 
 
 def _gcm_decrypt(
-    cek: bytes, iv: bytes, tag: bytes, aad: bytes, *, compact: str, ciphertext_at: _Bounds
-) -> bytes | bytearray:
+    cek: bytes, iv: bytes, tag: bytes, aad: _Compact, *, compact: _Compact, ciphertext_at: _Bounds
+) -> _Compact:
     """A256GCM decryption of the ciphertext segment of ``compact``; ``InvalidTag`` if forged.
 
     A large ciphertext is decoded and decrypted a slice at a time straight
-    into the plaintext's buffer: no copy of its text and no ciphertext of its
-    size (memory). The plaintext is returned only once the tag verified.
+    into the plaintext's buffer: no copy of its segment and no ciphertext of
+    its size (memory). The plaintext is returned only once the tag verified.
     """
     start, end = ciphertext_at
     if end - start <= _DECODE_SLICE_CHARS:
@@ -710,8 +738,8 @@ def _gcm_decrypt(
 
 
 def _open(
-    compact: str, bounds: Sequence[_Bounds], header: Mapping[str, Any], key: PrivateKey
-) -> bytes | bytearray:
+    compact: _Compact, bounds: Sequence[_Bounds], header: Mapping[str, Any], key: PrivateKey
+) -> _Compact:
     """ECDH-ES+A256KW / A256GCM decryption of a split compact JWE with ``key``.
 
     It does not rely on the header check having run: whatever the header
@@ -739,7 +767,7 @@ def _open(
         cek = aes_key_unwrap(kek, encrypted_key)
     except InvalidUnwrap as exc:
         raise MalformedJose("does not decrypt: InvalidUnwrap") from exc
-    aad = _segment(compact, protected_at).encode("ascii")
+    aad = _segment(compact, protected_at)
     try:
         return _gcm_decrypt(cek, iv, tag, aad, compact=compact, ciphertext_at=ciphertext_at)
     except ValueError as exc:
@@ -748,22 +776,21 @@ def _open(
         raise MalformedJose("does not decrypt: InvalidTag") from exc
 
 
-def decrypt(compact: object, keys: Collection[PrivateKey], expected_typ: str) -> bytes | bytearray:
+def decrypt(compact: object, keys: Collection[PrivateKey], expected_typ: str) -> _Compact:
     """Decrypt a compact JWE addressed to one of ``keys``; any failure is ``MalformedJose``.
 
-    ``compact`` is its text, or the ASCII bytes as sent (as :func:`encrypt` makes them).
+    ``compact`` is the ASCII bytes as received (as :func:`encrypt` makes
+    them), parsed where they are, or its text.
     """
-    if isinstance(compact, bytes | bytearray) and len(compact) <= MAX_COMPACT_BYTES:
-        compact = compact.decode("ascii", errors="replace")  # non-ASCII is refused as text
-    text = _compact_text(compact)
-    checked = check_jwe_header(text, keys, expected_typ)
-    if isinstance(checked, _SplitJWEHeader) and checked.compact is text:
+    data = _compact_bytes(compact)
+    checked = check_jwe_header(data, keys, expected_typ)
+    if isinstance(checked, _SplitJWEHeader) and checked.compact is data:
         bounds, header = checked.bounds, checked.header
     else:  # a JWEHeader not made by check_jwe_header for this object: split it here
-        text, bounds = _segment_bounds(text, 5)
-        header = _header(_segment(text, bounds[0]))
+        data, bounds = _segment_bounds(data, 5)
+        header = _header(_segment(data, bounds[0]))
     try:
-        return _open(text, bounds, header, checked.key)
+        return _open(data, bounds, header, checked.key)
     except MalformedJose:
         raise
     except (ValueError, TypeError, KeyError) as exc:

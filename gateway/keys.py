@@ -56,29 +56,32 @@ def b64url_ascii(data: bytes | bytearray | memoryview) -> bytes:
     return binascii.b2a_base64(data, newline=False).translate(_STANDARD_TO_B64URL, b"=")
 
 
-def b64url(data: bytes) -> str:
+def b64url(data: bytes | bytearray | memoryview) -> str:
     """Base64url without padding (RFC 7515 section 2)."""
     return b64url_ascii(data).decode("ascii")
 
 
 _B64URL_TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
-# The value of each base64url character, for the spare low bits of a last one.
-_B64URL_VALUE: Final = {
-    char: value
-    for value, char in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-}
+# The value of each base64url character's byte, for the spare low bits of a last one.
+_B64URL_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_B64URL_VALUE: Final = {char: value for value, char in enumerate(_B64URL_ALPHABET)}
 
 
-def b64url_decode(text: str) -> bytes:
+def b64url_decode(text: str | bytes | bytearray) -> bytes:
     """Strict base64url without padding; raises ``ValueError`` on anything else.
 
     Only the canonical encoding is accepted: the URL-safe alphabet and
     nothing else (the standard library's default skips other characters),
-    no padding, and zero spare bits in the last character.
+    no padding, and zero spare bits in the last character. ``text`` may be
+    the ASCII bytes of a compact serialization, read as they are.
     """
-    if not isinstance(text, str) or not text.isascii():
+    if isinstance(text, str):
+        if not text.isascii():
+            raise ValueError("not unpadded base64url")
+        text = text.encode("ascii")
+    elif not isinstance(text, bytes | bytearray) or not text.isascii():
         raise ValueError("not unpadded base64url")
-    if "+" in text or "/" in text or "=" in text:
+    if b"+" in text or b"/" in text or b"=" in text:
         raise ValueError("not unpadded base64url")
     spare = len(text) % 4
     if spare == 1:
@@ -88,11 +91,9 @@ def b64url_decode(text: str) -> bytes:
         raise ValueError("not canonical base64url")
     try:
         # strict_mode refuses every character outside the alphabet. One
-        # expression, no name for the encoded text: each copy of a large text
-        # is freed as soon as the next is made.
+        # expression: the translated copy is the only one made.
         return binascii.a2b_base64(
-            text.encode("ascii").translate(_B64URL_TO_STANDARD) + b"=" * (-spare % 4),
-            strict_mode=True,
+            text.translate(_B64URL_TO_STANDARD) + b"=" * (-spare % 4), strict_mode=True
         )
     except binascii.Error as exc:
         raise ValueError("not base64url") from exc

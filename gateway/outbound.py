@@ -16,7 +16,7 @@ from typing import Any, Final, Protocol, TypeGuard
 
 import aiohttp
 
-from gateway.bodies import HandedBody, read_bounded
+from gateway.bodies import HandedBody, read_bounded, strip_in_place
 from gateway.contracts import Contract
 from gateway.envelope import EncodedBody, RequestBinding, open_response, seal_request
 from gateway.errors import (
@@ -63,7 +63,7 @@ class ClientRequest:
     purpose: str | None
     contract: str | None
     end_user: str | None
-    body: HandedBody[bytes]  # taken once parsed (memory)
+    body: HandedBody[bytearray]  # taken once parsed (memory)
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class PeerTransport(Protocol):
 
     async def post(
         self, url: str, *, data: bytes | bytearray | Mapping[str, str], headers: Mapping[str, str]
-    ) -> tuple[int, str, bytes, Mapping[str, str]]:
+    ) -> tuple[int, str, bytearray, Mapping[str, str]]:
         """POST; (status, content type, body, headers), or ``UpstreamUnreachable``."""
 
 
@@ -104,7 +104,7 @@ class HttpPeerTransport:
 
     async def post(
         self, url: str, *, data: bytes | bytearray | Mapping[str, str], headers: Mapping[str, str]
-    ) -> tuple[int, str, bytes, Mapping[str, str]]:
+    ) -> tuple[int, str, bytearray, Mapping[str, str]]:
         """POST within the upstream timeout; network failures are ``upstream-unreachable``."""
         try:
             async with asyncio.timeout(self._timeout):
@@ -404,7 +404,7 @@ class Consumer:
         token: str,
         outgoing: HandedBody[bytearray],
         phases: Phases,
-    ) -> HandedBody[str]:
+    ) -> HandedBody[bytearray]:
         """POST the sealed request; the sealed answer's text, or the provider's refusal raised."""
         with phases.timed("upstream"):
             status, content_type, raw, headers = await self.transport.post(
@@ -416,15 +416,12 @@ class Consumer:
             raise _upstream_problem(status, content_type, raw, headers)
         if content_type != "application/jose":
             raise UpstreamUnreachable("the provider answered with the wrong media type")
-        try:
-            # Handed over: the text is freed once decrypted, before its claims are parsed.
-            return HandedBody(raw.decode("ascii").strip())
-        except UnicodeDecodeError as exc:
-            raise UpstreamUnreachable("the provider answered badly") from exc
+        # Handed over: freed once decrypted, before its claims are parsed (memory).
+        return HandedBody(strip_in_place(raw))
 
     async def _accept(
         self,
-        compact: HandedBody[str],
+        compact: HandedBody[bytearray],
         *,
         call: ClientRequest,
         contract: Contract,
@@ -496,7 +493,7 @@ def _is_text(value: str | None) -> TypeGuard[str]:
 
 
 def _upstream_problem(
-    status: int, content_type: str, raw: bytes, headers: Mapping[str, str]
+    status: int, content_type: str, raw: bytes | bytearray, headers: Mapping[str, str]
 ) -> ProblemError:
     """The provider's refusal as a passed-through problem, or ``upstream-unreachable``."""
     if content_type == "application/problem+json":

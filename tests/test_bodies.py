@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from collections.abc import AsyncIterator
 
-from gateway.bodies import HandedBody
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.bodies import HandedBody, read_bounded, strip_in_place
 
 
 def test_taken_once() -> None:
@@ -28,3 +34,58 @@ def test_the_box_does_not_keep_the_bytes_alive() -> None:
     data = box.take()
     # getrefcount counts its own argument: 2 means no one else holds the bytes.
     assert sys.getrefcount(data) == 2
+
+
+async def _read_by_server(chunks: list[bytes], limit: int) -> tuple[bytes | None, str]:
+    """What ``read_bounded`` makes of a body sent in ``chunks`` (separate writes), and its type."""
+    seen: list[tuple[bytes | None, str]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await read_bounded(request.content, limit)
+        seen.append((None if body is None else bytes(body), type(body).__name__))
+        return web.Response(text="ok")
+
+    async def sent() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+            await asyncio.sleep(0.01)  # separate writes: several reads on the server
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    async with (
+        TestServer(app, host="127.0.0.1") as server,
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{server.port}/", data=sent()) as response,
+    ):
+        assert response.status == 200
+    return seen[0]
+
+
+async def test_read_bounded_joins_every_write() -> None:
+    """A body that arrives in several writes is read whole, into one buffer."""
+    chunks = [b"a" * 70_000, b"b" * 5, b"c" * 200_000]
+    assert await _read_by_server(chunks, 1_000_000) == (b"".join(chunks), "bytearray")
+
+
+async def test_read_bounded_stops_past_the_limit() -> None:
+    """One byte over the limit, across writes, is None; exactly the limit is read."""
+    assert await _read_by_server([b"x" * 600, b"y" * 401], 1_000) == (None, "NoneType")
+    assert await _read_by_server([b"x" * 600, b"y" * 400], 1_000) == (
+        b"x" * 600 + b"y" * 400,
+        "bytearray",
+    )
+
+
+def test_strip_in_place() -> None:
+    """ASCII whitespace goes from both ends, in the same buffer; the inside is kept."""
+    for raw, stripped in [
+        (b"  eyJ.a.b \r\n", b"eyJ.a.b"),
+        (b"eyJ.a.b", b"eyJ.a.b"),
+        (b"\t\x0b\x0c", b""),
+        (b"", b""),
+        (b" a b ", b"a b"),
+        ("\u00a0x".encode(), "\u00a0x".encode()),  # not ASCII whitespace: kept, then refused
+    ]:
+        data = bytearray(raw)
+        assert strip_in_place(data) is data
+        assert data == stripped

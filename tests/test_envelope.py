@@ -617,7 +617,7 @@ def respond(exchange: Exchange, now: int, **changes: Any) -> SealedMessage:
 
 def open_reply(
     exchange: Exchange,
-    jwe: str | bytearray | HandedBody[str],
+    jwe: str | bytearray | HandedBody[bytearray],
     now: int,
     *,
     request: SealedMessage | None = None,
@@ -702,24 +702,27 @@ class TestResponse:
         assert seen == [(["national_id", "year"], {"national_id": SUBJECT, "year": 2025})]
         assert opened.jti == sealed.jti != exchange.sealed.jti
 
-    def test_response_text_freed_before_its_claims_are_checked(
+    def test_response_freed_before_its_claims_are_checked(
         self, exchange: Exchange, now: int
     ) -> None:
-        """Handed over, the JWE text is gone once decrypted, before the body is parsed (memory)."""
+        """Handed over, the JWE received is gone once decrypted, before the body is parsed.
+
+        It is parsed as the bytes received: no copy of it outlives the decryption (memory).
+        """
         events: list[str] = []
 
-        class Watched(str):
+        class Watched(bytearray):
             def __del__(self) -> None:
-                events.append("text freed")
+                events.append("JWE freed")
 
         def within_contract(fields: list[str], body: Mapping[str, Any]) -> str | None:
             events.append("claims checked")
             return None
 
         sealed = respond(exchange, now)
-        box = HandedBody(Watched(sealed.jwe.decode("ascii")))
+        box = HandedBody(Watched(sealed.jwe))
         open_reply(exchange, box, now, within_contract=within_contract)
-        assert events == ["text freed", "claims checked"]
+        assert events == ["JWE freed", "claims checked"]
 
     def test_not_found_is_an_answer(self, exchange: Exchange, now: int) -> None:
         """A backend 404 is carried as a signed status."""

@@ -35,6 +35,7 @@ from gateway.jose import (
     normalize_typ,
     parse_jws,
     sign_jws,
+    sign_jws_ascii,
     sign_jwt,
     strict_json_object,
 )
@@ -351,12 +352,21 @@ class TestParseJws:
         with pytest.raises(MalformedJose, match="must have 3 parts"):
             parse_jws(".".join(parts), TYP)
 
-    def test_not_a_string(self) -> None:
-        """Bytes or None are not compact serializations."""
-        with pytest.raises(MalformedJose, match="not a compact serialization"):
+    def test_not_text_or_bytes(self) -> None:
+        """None, a number or a view are not compact serializations."""
+        for value in (None, 5, memoryview(b"a.b.c")):
+            with pytest.raises(MalformedJose, match="not a compact serialization"):
+                parse_jws(value, TYP)
+
+    def test_ascii_bytes_as_text(self, signing_key: PrivateKey) -> None:
+        """The ASCII bytes of a JWS (as received) parse exactly as its text does."""
+        compact = sign_jwt({"a": 1}, signing_key, TYP)
+        for form in (compact.encode(), bytearray(compact.encode())):
+            jws = parse_jws(form, TYP)
+            jws.verify(signing_key.public)
+            assert jws.take_claims() == {"a": 1}
+        with pytest.raises(MalformedJose, match="header: not base64url: impossible length"):
             parse_jws(b"a.b.c", TYP)
-        with pytest.raises(MalformedJose, match="not a compact serialization"):
-            parse_jws(None, TYP)
 
     def test_too_large(self) -> None:
         """An object above MAX_COMPACT_BYTES is refused before splitting."""
@@ -388,20 +398,25 @@ class TestParseJws:
 class TestVerify:
     """UnverifiedJWS.verify: alg fixed by the key, signature over the exact input."""
 
-    def test_take_claims_gives_up_the_payload_and_the_text(self, signing_key: PrivateKey) -> None:
-        """Once verified, the claims are taken and nothing of the JWS text is kept (memory)."""
+    def test_take_claims_gives_up_the_payload_and_the_compact(
+        self, signing_key: PrivateKey
+    ) -> None:
+        """Once verified, the claims are taken and nothing of the JWS is kept (memory).
+
+        The bytes received are parsed where they are: the JWS holds them, not a copy.
+        """
         freed: list[str] = []
 
-        class Watched(str):
+        class Watched(bytearray):
             def __del__(self) -> None:
                 freed.append("compact")
 
-        jws = parse_jws(Watched(sign_jwt({"a": 1}, signing_key, TYP)), TYP)
+        jws = parse_jws(Watched(sign_jws_ascii(b'{"a":1}', signing_key, TYP)), TYP)
         jws.verify(signing_key.public)
         assert freed == []
         assert jws.take_claims() == {"a": 1}
         assert freed == ["compact"]
-        assert (jws.compact, jws.payload) == ("", b"")
+        assert (jws.compact, jws.payload) == (b"", b"")
 
     def test_other_key_refused(self, signing_key: PrivateKey) -> None:
         """A JWS does not verify with another key of the same type (another agency's)."""

@@ -104,10 +104,20 @@ class TestBase64url:
             return
         assert b64url(raw) == text
 
-    def test_refuses_non_string(self) -> None:
-        """Bytes or other types are refused, not decoded."""
-        with pytest.raises(ValueError, match="base64url"):
-            b64url_decode(b"YQ")  # type: ignore[arg-type]
+    def test_ascii_bytes_as_text(self) -> None:
+        """ASCII bytes (a compact form as sent) decode exactly as their text does."""
+        for text in ("YQ", "YWI", "YWJj", "_-8", ""):
+            assert b64url_decode(text.encode()) == b64url_decode(text)
+            assert b64url_decode(bytearray(text.encode())) == b64url_decode(text)
+        for bad in (b"YR", b"Y", b"YQ==", b"a+b/", "é".encode(), b"YQ\x00"):
+            with pytest.raises(ValueError, match="base64url"):
+                b64url_decode(bad)
+
+    def test_refuses_other_types(self) -> None:
+        """Neither text nor bytes: refused, not decoded."""
+        for value in (None, 5, memoryview(b"YQ"), ["YQ"]):
+            with pytest.raises(ValueError, match="base64url"):
+                b64url_decode(value)  # type: ignore[arg-type]
 
 
 class TestThumbprint:

@@ -337,7 +337,7 @@ class TestRfc8037Ed25519:
         """Split with the project's strict decoders; no typ/kid header policy applied."""
         header_b64, payload_b64, signature_b64 = compact.split(".")
         return jose.UnverifiedJWS(
-            compact=compact,
+            compact=compact.encode("ascii"),
             header=jose.strict_json_object(b64url_decode(header_b64)),
             payload=b64url_decode(payload_b64),
             signature=b64url_decode(signature_b64),
@@ -702,7 +702,7 @@ class TestWycheproofJws:
         signing = public_key_of({**jwk, "use": "sig"}, use="sig", alg="ES256")
         as_enc_key = PublicKey(key=signing.key, use="enc")
         unverified = jose.UnverifiedJWS(
-            compact=test["jws"],
+            compact=test["jws"].encode("ascii"),
             header=json.loads(b64url_decode(test["jws"].split(".")[0])),
             payload=b64url_decode(test["jws"].split(".")[1]),
             signature=b64url_decode(test["jws"].split(".")[2]),

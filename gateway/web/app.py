@@ -119,7 +119,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes:
+async def _read_limited(request: web.Request, limit: int) -> bytearray:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
     body = await read_bounded(request.content, limit)
