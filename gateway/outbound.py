@@ -116,6 +116,9 @@ class HttpPeerTransport:
                     headers={**headers, **outgoing_headers()},
                     allow_redirects=False,
                 ) as response:
+                    # Sent, and aiohttp has let go of it: the sealed request is
+                    # not held while the answer is read (memory).
+                    del data
                     raw = await read_bounded(response.content, MAX_PEER_RESPONSE_BYTES)
                     if raw is None:
                         raise UpstreamUnreachable("the provider's answer is too large")
