@@ -7,6 +7,7 @@ yields a 500 or leaks a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import re
@@ -31,7 +32,7 @@ from gateway.demo.network import (
     TAX,
 )
 from gateway.keys import thumbprint
-from gateway.web.app import outbound_session
+from gateway.web.app import ReleasingResponse, outbound_session
 from tests.conftest import LiveNetwork
 from tests.wire import PROBLEM_PREFIX, PURPOSE, Peer, get, post
 
@@ -89,6 +90,36 @@ async def test_outbound_session_keeps_no_cookies() -> None:
     """A peer's or backend's Set-Cookie is not stored nor sent back (the gateway keeps no state)."""
     assert await _cookies_sent_back(aiohttp.ClientSession) == ["", "session=peer-state"]
     assert await _cookies_sent_back(outbound_session) == ["", ""]
+
+
+async def _bodies_alive_between_requests(response_class: type[web.Response]) -> list[str]:
+    """What happened to each response's body, as seen between two keep-alive requests."""
+    events: list[str] = []
+
+    class Watched(bytearray):
+        def __del__(self) -> None:
+            events.append("body freed")
+
+    async def handler(request: web.Request) -> web.Response:
+        return response_class(body=Watched(b"x" * 100_000))
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
+        for _ in range(2):
+            async with session.get(f"http://127.0.0.1:{server.port}/") as response:
+                assert len(await response.read()) == 100_000
+            await asyncio.sleep(0.05)
+            events.append("answered")
+    return events
+
+
+async def test_large_answers_are_let_go_once_written() -> None:
+    """aiohttp keeps a connection's last response until its next request; ours keep no body."""
+    kept = await _bodies_alive_between_requests(web.Response)
+    assert kept[:2] == ["answered", "body freed"]  # the first body outlived its answer
+    released = await _bodies_alive_between_requests(ReleasingResponse)
+    assert released == ["body freed", "answered", "body freed", "answered"]
 
 
 @pytest.mark.parametrize("agency", AGENCIES)

@@ -119,6 +119,20 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+class ReleasingResponse(web.Response):
+    """A response that lets its body go once it is written.
+
+    aiohttp keeps the last response of a keep-alive connection until the
+    connection's next request: a large body (a sealed message, a released
+    record) would stay resident through the next exchange (memory).
+    """
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        """Write the body and the end of the response, then drop the body."""
+        await super().write_eof(data)
+        self.body = None
+
+
 async def _read_limited(request: web.Request, limit: int) -> bytearray:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
@@ -169,7 +183,7 @@ async def service_endpoint(request: web.Request) -> web.Response:
         _log_inbound(runtime, context, error=exc)
         raise
     _log_inbound(runtime, context, audit_index=index)
-    return web.Response(
+    return ReleasingResponse(
         body=sealed,
         content_type="application/jose",
         headers={"Cache-Control": "no-store"},
@@ -217,7 +231,7 @@ async def exchange_endpoint(request: web.Request) -> web.Response:
     if result.provider_audit_index is not None:
         headers["X-Provider-Audit-Index"] = str(result.provider_audit_index)
     # The backend's status (a 404 "no such record" is an answer) reaches the client as is.
-    return web.Response(
+    return ReleasingResponse(
         body=result.body.encoded,
         status=result.status,
         headers=headers,
