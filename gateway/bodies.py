@@ -7,6 +7,7 @@ body sent in several writes would be cut short. Every body the gateway reads
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
@@ -25,6 +26,32 @@ async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytearray | 
             return None
         body += chunk
     return body
+
+
+# aiohttp sends a message's headers joined with the first piece of its body
+# written, and before Python 3.12.9 it joins them by copying both into one
+# buffer (it avoids transport.writelines there: CVE-2024-12254). A large body
+# is therefore written as a small first piece, copied with the headers, and a
+# view of the rest, which the transport sends from the body itself (memory).
+_FIRST_PIECE_BYTES: Final = 64 * 1024
+
+
+def pieces_to_write(data: bytes | bytearray) -> tuple[memoryview, ...]:
+    """``data`` as the views to write it in: itself, or a small first piece and the rest."""
+    view = memoryview(data)
+    if len(view) <= _FIRST_PIECE_BYTES:
+        return (view,)
+    return view[:_FIRST_PIECE_BYTES], view[_FIRST_PIECE_BYTES:]
+
+
+async def body_pieces(pieces: tuple[memoryview, ...]) -> AsyncIterator[memoryview]:
+    """An aiohttp request body that writes ``pieces`` (of :func:`pieces_to_write`).
+
+    Sent with its ``Content-Length``, it is the same message on the wire; once
+    written, nothing here holds the body any longer (memory).
+    """
+    for piece in pieces:
+        yield piece
 
 
 _ASCII_WHITESPACE: Final = frozenset(b" \t\n\r\x0b\x0c")

@@ -16,7 +16,13 @@ from typing import Any, Final, Protocol, TypeGuard
 
 import aiohttp
 
-from gateway.bodies import HandedBody, read_bounded, strip_in_place
+from gateway.bodies import (
+    HandedBody,
+    body_pieces,
+    pieces_to_write,
+    read_bounded,
+    strip_in_place,
+)
 from gateway.contracts import Contract
 from gateway.envelope import EncodedBody, RequestBinding, open_response, seal_request
 from gateway.errors import (
@@ -106,19 +112,24 @@ class HttpPeerTransport:
         self, url: str, *, data: bytes | bytearray | Mapping[str, str], headers: Mapping[str, str]
     ) -> tuple[int, str, bytearray, Mapping[str, str]]:
         """POST within the upstream timeout; network failures are ``upstream-unreachable``."""
+        # A child span of the client's request, so the provider's log lines of
+        # this exchange carry the same trace id as ours.
+        sent = {**headers, **outgoing_headers()}
+        body: object = data
+        if isinstance(data, bytes | bytearray):
+            pieces = pieces_to_write(data)
+            if len(pieces) > 1:
+                sent["Content-Length"] = str(len(data))
+                body = body_pieces(pieces)
+            del pieces
+        # Once sent, the sealed request is not held while the answer is read (memory).
+        del data
         try:
             async with asyncio.timeout(self._timeout):
                 async with self._session.post(
-                    url,
-                    data=data,
-                    # A child span of the client's request, so the provider's log lines
-                    # of this exchange carry the same trace id as ours.
-                    headers={**headers, **outgoing_headers()},
-                    allow_redirects=False,
+                    url, data=body, headers=sent, allow_redirects=False
                 ) as response:
-                    # Sent, and aiohttp has let go of it: the sealed request is
-                    # not held while the answer is read (memory).
-                    del data
+                    del body
                     raw = await read_bounded(response.content, MAX_PEER_RESPONSE_BYTES)
                     if raw is None:
                         raise UpstreamUnreachable("the provider's answer is too large")

@@ -10,7 +10,13 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.bodies import HandedBody, read_bounded, strip_in_place
+from gateway.bodies import (
+    HandedBody,
+    body_pieces,
+    pieces_to_write,
+    read_bounded,
+    strip_in_place,
+)
 
 
 def test_taken_once() -> None:
@@ -89,3 +95,43 @@ def test_strip_in_place() -> None:
         data = bytearray(raw)
         assert strip_in_place(data) is data
         assert data == stripped
+
+
+def test_pieces_to_write() -> None:
+    """A small body is one view of itself; a large one a 64 KiB first piece and the rest."""
+    small = bytearray(b"s" * 65_536)
+    (only,) = pieces_to_write(small)
+    assert only.obj is small
+    assert bytes(only) == small
+    large = bytes(range(256)) * 1_000
+    first, rest = pieces_to_write(large)
+    assert (len(first), first.obj, rest.obj) == (65_536, large, large)
+    assert bytes(first) + bytes(rest) == large
+
+
+async def test_body_pieces_on_the_wire() -> None:
+    """A request written in pieces, with its Content-Length, arrives whole and not chunked."""
+    seen: list[tuple[bytes, str | None, str | None]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.append(
+            (body, request.headers.get("Content-Length"), request.headers.get("Transfer-Encoding"))
+        )
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=1 << 20)
+    app.router.add_post("/", handler)
+    data = bytearray(bytes(range(256)) * 1_000)
+    pieces = pieces_to_write(data)
+    async with (
+        TestServer(app, host="127.0.0.1") as server,
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{server.port}/",
+            data=body_pieces(pieces),
+            headers={"Content-Length": str(len(data))},
+        ) as response,
+    ):
+        assert response.status == 200
+    assert seen == [(bytes(data), "256000", None)]

@@ -101,25 +101,48 @@ async def _bodies_alive_between_requests(response_class: type[web.Response]) -> 
             events.append("body freed")
 
     async def handler(request: web.Request) -> web.Response:
-        return response_class(body=Watched(b"x" * 100_000))
+        return response_class(body=Watched(bytes(range(256)) * 1_000))
 
     app = web.Application()
     app.router.add_get("/", handler)
     async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
         for _ in range(2):
             async with session.get(f"http://127.0.0.1:{server.port}/") as response:
-                assert len(await response.read()) == 100_000
+                assert await response.read() == bytes(range(256)) * 1_000
+                assert response.headers["Content-Length"] == "256000"
+                assert "Transfer-Encoding" not in response.headers
             await asyncio.sleep(0.05)
             events.append("answered")
     return events
 
 
 async def test_large_answers_are_let_go_once_written() -> None:
-    """aiohttp keeps a connection's last response until its next request; ours keep no body."""
+    """aiohttp keeps a connection's last response until its next request; ours keep no body.
+
+    Written in pieces, the body arrives whole, with its Content-Length.
+    """
     kept = await _bodies_alive_between_requests(web.Response)
     assert kept[:2] == ["answered", "body freed"]  # the first body outlived its answer
     released = await _bodies_alive_between_requests(ReleasingResponse)
     assert released == ["body freed", "answered", "body freed", "answered"]
+
+
+@pytest.mark.parametrize("status", [204, 304])
+async def test_bodyless_statuses_send_no_body(status: int) -> None:
+    """A 204 or 304 answer carries no body, even one set on it."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return ReleasingResponse(body=b"x" * 100_000, status=status)
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with (
+        TestServer(app, host="127.0.0.1") as server,
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{server.port}/") as response,
+    ):
+        assert response.status == status
+        assert await response.read() == b""
 
 
 @pytest.mark.parametrize("agency", AGENCIES)

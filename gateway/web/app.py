@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.backend import HttpBackend
-from gateway.bodies import HandedBody, read_bounded
+from gateway.bodies import HandedBody, pieces_to_write, read_bounded
 from gateway.errors import (
     AuditUnavailable,
     Overloaded,
@@ -119,16 +119,28 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-class ReleasingResponse(web.Response):
-    """A response that lets its body go once it is written.
+# Statuses whose responses carry no body (RFC 9110 6.4.1).
+_BODYLESS_STATUSES: Final = frozenset({204, 304})
 
-    aiohttp keeps the last response of a keep-alive connection until the
-    connection's next request: a large body (a sealed message, a released
-    record) would stay resident through the next exchange (memory).
+
+class ReleasingResponse(web.Response):
+    """A response that writes a large body from views of it, then lets it go.
+
+    aiohttp would copy the whole body to join it with the headers (see
+    :func:`~gateway.bodies.pieces_to_write`), and it keeps a keep-alive
+    connection's last response until the connection's next request: a large
+    body (a sealed message, a released record) would be held twice, then
+    stay resident through the next exchange (memory).
     """
 
     async def write_eof(self, data: bytes = b"") -> None:
-        """Write the body and the end of the response, then drop the body."""
+        """Write the body in pieces and drop it, then end the response."""
+        body = self.body
+        if isinstance(body, bytes | bytearray) and self.status not in _BODYLESS_STATUSES:
+            self.body = None
+            for piece in pieces_to_write(body):
+                await self.write(piece)
+            del body
         await super().write_eof(data)
         self.body = None
 
