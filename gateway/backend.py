@@ -15,7 +15,7 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
-from gateway.bodies import HandedBody, read_bounded
+from gateway.bodies import HandedBody, read_bounded, request_body
 from gateway.errors import BackendError, BackendTimeout, MalformedJose
 from gateway.jose import strict_json_object
 from gateway.tracing import outgoing_headers
@@ -71,11 +71,14 @@ class HttpBackend:
             # The agency's backend may join the trace of this exchange.
             **outgoing_headers(),
         }
+        body, length = request_body(request.body.take())
         try:
             async with asyncio.timeout(request.timeout):
                 async with self._session.post(
-                    request.url, data=request.body.take(), headers=headers
+                    request.url, data=body, headers={**headers, **length}
                 ) as response:
+                    # Sent: the request's JSON is not held while the answer is read (memory).
+                    del body
                     raw = await read_bounded(response.content, MAX_BACKEND_RESPONSE_BYTES)
                     status = response.status
         except TimeoutError as exc:

@@ -44,14 +44,22 @@ def pieces_to_write(data: bytes | bytearray) -> tuple[memoryview, ...]:
     return view[:_FIRST_PIECE_BYTES], view[_FIRST_PIECE_BYTES:]
 
 
-async def body_pieces(pieces: tuple[memoryview, ...]) -> AsyncIterator[memoryview]:
-    """An aiohttp request body that writes ``pieces`` (of :func:`pieces_to_write`).
-
-    Sent with its ``Content-Length``, it is the same message on the wire; once
-    written, nothing here holds the body any longer (memory).
-    """
+async def _written_in_pieces(pieces: tuple[memoryview, ...]) -> AsyncIterator[memoryview]:
     for piece in pieces:
         yield piece
+
+
+def request_body(data: bytes | bytearray) -> tuple[object, dict[str, str]]:
+    """What to give aiohttp to send ``data``, and the headers that go with it.
+
+    A small body is itself. A large one is its pieces (:func:`pieces_to_write`)
+    with its ``Content-Length``: the same message on the wire, and once
+    written nothing of aiohttp's holds the body any longer (memory).
+    """
+    pieces = pieces_to_write(data)
+    if len(pieces) == 1:
+        return data, {}
+    return _written_in_pieces(pieces), {"Content-Length": str(len(data))}
 
 
 _ASCII_WHITESPACE: Final = frozenset(b" \t\n\r\x0b\x0c")

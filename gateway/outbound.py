@@ -18,9 +18,8 @@ import aiohttp
 
 from gateway.bodies import (
     HandedBody,
-    body_pieces,
-    pieces_to_write,
     read_bounded,
+    request_body,
     strip_in_place,
 )
 from gateway.contracts import Contract
@@ -117,11 +116,8 @@ class HttpPeerTransport:
         sent = {**headers, **outgoing_headers()}
         body: object = data
         if isinstance(data, bytes | bytearray):
-            pieces = pieces_to_write(data)
-            if len(pieces) > 1:
-                sent["Content-Length"] = str(len(data))
-                body = body_pieces(pieces)
-            del pieces
+            body, length = request_body(data)
+            sent.update(length)
         # Once sent, the sealed request is not held while the answer is read (memory).
         del data
         try:

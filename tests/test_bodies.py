@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestServer
 
 from gateway.bodies import (
     HandedBody,
-    body_pieces,
     pieces_to_write,
     read_bounded,
+    request_body,
     strip_in_place,
 )
 
@@ -109,29 +109,28 @@ def test_pieces_to_write() -> None:
     assert bytes(first) + bytes(rest) == large
 
 
-async def test_body_pieces_on_the_wire() -> None:
-    """A request written in pieces, with its Content-Length, arrives whole and not chunked."""
+async def test_request_body_on_the_wire() -> None:
+    """A large request is written in pieces with its Content-Length: it arrives whole, unchunked.
+
+    A small one is given to aiohttp as it is.
+    """
     seen: list[tuple[bytes, str | None, str | None]] = []
 
     async def handler(request: web.Request) -> web.Response:
-        body = await request.read()
+        headers = request.headers
         seen.append(
-            (body, request.headers.get("Content-Length"), request.headers.get("Transfer-Encoding"))
+            (await request.read(), headers.get("Content-Length"), headers.get("Transfer-Encoding"))
         )
         return web.Response(text="ok")
 
     app = web.Application(client_max_size=1 << 20)
     app.router.add_post("/", handler)
-    data = bytearray(bytes(range(256)) * 1_000)
-    pieces = pieces_to_write(data)
-    async with (
-        TestServer(app, host="127.0.0.1") as server,
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"http://127.0.0.1:{server.port}/",
-            data=body_pieces(pieces),
-            headers={"Content-Length": str(len(data))},
-        ) as response,
-    ):
-        assert response.status == 200
-    assert seen == [(bytes(data), "256000", None)]
+    small, large = b"jwe", bytearray(bytes(range(256)) * 1_000)
+    assert request_body(small) == (small, {})
+    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
+        for data in (small, large):
+            body, headers = request_body(data)
+            url = f"http://127.0.0.1:{server.port}/"
+            async with session.post(url, data=body, headers=headers) as response:
+                assert response.status == 200
+    assert seen == [(b"jwe", "3", None), (bytes(large), "256000", None)]
