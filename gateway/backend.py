@@ -17,7 +17,7 @@ import aiohttp
 
 from gateway.bodies import HandedBody, read_bounded, request_body
 from gateway.errors import BackendError, BackendTimeout, MalformedJose
-from gateway.jose import strict_json_object
+from gateway.jose import strict_json_object_taken
 from gateway.tracing import outgoing_headers
 
 # A backend answer larger than this is refused rather than buffered.
@@ -91,9 +91,11 @@ class HttpBackend:
             raise BackendError("the backend answer is too large")
         if status >= 500:
             raise BackendError(f"the backend failed with status {status}")
+        answer = HandedBody(raw)
+        del raw
         try:
             # Signed objects carry integers only (protocol 3.0): a float cannot be released.
-            body = strict_json_object(raw)
+            body = strict_json_object_taken(answer.take)
         except MalformedJose as exc:
             raise BackendError(f"the backend answer is not usable: {exc}") from exc
         return BackendAnswer(status=status, body=body)

@@ -37,7 +37,7 @@ from gateway.errors import (
     UpstreamUnreachable,
 )
 from gateway.inbound import audit_refusal, elapsed_us, write_audit
-from gateway.jose import strict_json_object
+from gateway.jose import strict_json_object_taken
 from gateway.metrics import OK, Phases
 from gateway.runtime import Runtime
 from gateway.tokens import (
@@ -234,7 +234,7 @@ class Consumer:
         if not call.purpose:
             raise BadRequest("the X-Purpose header is required")
         try:
-            body = strict_json_object(call.body.take())
+            body = strict_json_object_taken(call.body.take)
         except MalformedJose as exc:
             raise BadRequest(f"the request body must be a JSON object of integers: {exc}") from exc
         contract = self._choose_contract(client, call)

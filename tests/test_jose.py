@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from gateway import jose
+from gateway.bodies import HandedBody
 from gateway.errors import BadSignature, JoseError, MalformedJose
 from gateway.jose import (
     ACCESS_TOKEN_LIFETIME,
@@ -123,6 +125,40 @@ def with_jwe_header(compact: str | bytearray, **changes: Any) -> str:
         else:
             header[name] = value
     return replace_segment(compact, 0, b64url(json.dumps(header).encode()))
+
+
+class TestStrictJsonTaken:
+    """strict_json_object_taken: the same parse, the body's bytes freed before it (memory)."""
+
+    def test_bytes_freed_before_the_parse(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The only reference is given up and dropped once decoded, before parsing."""
+        events: list[str] = []
+
+        class Watched(bytearray):
+            def __del__(self) -> None:
+                events.append("bytes freed")
+
+        parse = jose._strict_json_parse
+
+        def watched_parse(text: str) -> dict[str, Any]:
+            events.append("parse")
+            return parse(text)
+
+        monkeypatch.setattr(jose, "_strict_json_parse", watched_parse)
+        box = HandedBody(Watched(b'{"a": [1, "x"]}'))
+        assert jose.strict_json_object_taken(box.take) == {"a": [1, "x"]}
+        assert events == ["bytes freed", "parse"]
+
+    @pytest.mark.parametrize(
+        "data", [b'{"a":1,"a":2}', b'{"a":1.5}', b"[1]", b"\xff", "\ufeff{}".encode()]
+    )
+    def test_refuses_as_strict_json_object(self, data: bytes) -> None:
+        """Whatever strict_json_object refuses, with the same message."""
+        with pytest.raises(MalformedJose) as expected:
+            strict_json_object(data)
+        with pytest.raises(MalformedJose) as taken:
+            jose.strict_json_object_taken(HandedBody(bytearray(data)).take)
+        assert str(taken.value) == str(expected.value)
 
 
 class TestStrictJson:
