@@ -85,7 +85,7 @@ _Data = TypeVar("_Data", str, bytes, bytearray)
 
 @dataclass
 class HandedBody(Generic[_Data]):
-    """A large body (bytes, or a compact JWE's text) passed down a chain of calls,
+    """A large body (bytes read, a sealed message) passed down a chain of calls,
     to be taken once where it is used.
 
     The frames it passes through hold only this box, so once taken and used
