@@ -463,10 +463,12 @@ class UnverifiedJWS:
         Neither is then alive through the parse, which makes objects several
         times their size (memory).
         """
+        return strict_json_object_taken(self._give_up)
+
+    def _give_up(self) -> _Compact:
+        """The payload, with it and the compact form dropped from this JWS."""
         payload, self.payload, self.compact = self.payload, b"", b""
-        text = _strict_json_text(payload)
-        del payload
-        return _strict_json_parse(text)
+        return payload
 
     def verify(self, key: PublicKey) -> None:
         """Verify with ``key``: its ``alg`` must match the header and the signature hold."""
