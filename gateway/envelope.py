@@ -260,7 +260,7 @@ def open_request(
             raise EnvelopeInvalid(
                 "the envelope is not valid", audit_detail="inner kid is not the token's cnf.jkt"
             )
-        # Check 3 is made before the claims are parsed, so that the JWS text is
+        # Check 3 is made before the claims are parsed, so that the JWS is
         # freed first (memory); its failure is reported after check 2's.
         key = registry.signing_key(token.consumer, inner.kid)
         signature_problem = _signature_problem(inner, key)

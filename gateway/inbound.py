@@ -375,7 +375,7 @@ class Provider:
         jwe = HandedBody(strip_in_place(body.take()))
         request_size = len(jwe.data)
         with context.phases.timed("crypto"):
-            # Handed over: the text is freed once decrypted, before its claims are parsed.
+            # Handed over: the JWE is freed once decrypted, before its claims are parsed.
             request = open_request(
                 jwe,
                 decryption_keys=runtime.keys.decryption,

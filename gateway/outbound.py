@@ -415,7 +415,7 @@ class Consumer:
         outgoing: HandedBody[bytearray],
         phases: Phases,
     ) -> HandedBody[bytearray]:
-        """POST the sealed request; the sealed answer's text, or the provider's refusal raised."""
+        """POST the sealed request; the sealed answer's bytes, or the provider's refusal raised."""
         with phases.timed("upstream"):
             status, content_type, raw, headers = await self.transport.post(
                 f"{provider_url}/v1/services/{service}",
