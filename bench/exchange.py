@@ -59,7 +59,15 @@ from bench.audit import (
     machine_info,
 )
 from bench.gwmetrics import Samples, scrape, summarise
-from bench.loadgen import OK_ANSWER, Load, LoadError, LoadResult, PostLoad, find_wrk
+from bench.loadgen import (
+    OK_ANSWER,
+    Load,
+    LoadError,
+    LoadResult,
+    PostLoad,
+    children_cpu_seconds,
+    find_wrk,
+)
 from bench.network import (
     CONSUMER,
     PROVIDER,
@@ -141,6 +149,9 @@ REPLAY_WINDOW: Final = MESSAGE_LIFETIME + CLOCK_SKEW_SECONDS
 # (it then forgets ids as fast as it learns them), 30 s after that; RSS is read every 10 s.
 SOAK_WARMUP: Final = REPLAY_WINDOW + 30.0
 SOAK_SAMPLE_EVERY: Final = 10.0
+# The side-by-side lanes of the contracts and audit curves: lane N's network at the port
+# base + N x this (a network uses base+1..+22).
+LANE_PORT_STEP: Final = 30
 # Servers are idle when together they use at most this share of a core over the window
 # (/proc counts CPU time in ticks of 10 ms).
 IDLE_SHARE: Final = 0.1
@@ -182,6 +193,7 @@ class Settings:
     audit_appends: int
     quiet_wait: float
     curve_runs: int
+    curve_slices: int
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -228,7 +240,8 @@ class Settings:
             crypto_per_batch=pick(None, 300, 150),
             audit_appends=pick(None, 4000, 1500),
             quiet_wait=pick(args.quiet_wait, 45.0, 10.0),
-            curve_runs=pick(args.curve_runs, 2, 1),
+            curve_runs=pick(args.curve_runs, 4, 1),
+            curve_slices=pick(None, 2, 1),
         )
         if settings.rounds < 1 or settings.seconds < 1 or settings.curve_seconds < 1:
             raise SystemExit("--rounds, --seconds and --curve-seconds must be at least 1")
@@ -332,8 +345,8 @@ class Bench:
             count_answers=count_answers,
         )
 
-    def start_plain(self) -> None:
-        """The backend and the two proxy hops of B."""
+    def start_plain(self, *, proxies: bool = True) -> None:
+        """The backend and (unless ``proxies`` is false) the two proxy hops of B."""
         python = sys.executable
         backend_port = self.network.backend_port
         first, second = self.network.proxy_ports
@@ -348,6 +361,8 @@ class Bench:
                 first,
             ),
         }
+        if not proxies:
+            specs = {"backend": specs["backend"]}
         for name, (arguments, port) in specs.items():
             server = Server(
                 name=name,
@@ -569,11 +584,7 @@ def measure(
     quiet_wait, others_before = wait_quiet(bench)
     source.prepare(seconds)
     scraped = scrape_gateways(bench, scenario)
-    # The peak since the last reset (the warm-up's, on fresh servers), then this run's.
-    peak_before = {name: server.memory()["peak_rss_sum_mb"] for name, server in servers.items()}
-    for server in servers.values():
-        server.reset_peaks()
-    rss_before = {name: server.memory()["rss_mb"] for name, server in servers.items()}
+    rss_before, peak_before = _read_before(servers)
     cpu_before = {name: server.cpu() for name, server in servers.items()}
     machine_before = MachineTimes.now()
     load = source.run(seconds)
@@ -591,60 +602,22 @@ def measure(
     cpu_after = {name: server.cpu() for name, server in servers.items()}
     gateway_view = summarise(scraped, scrape_gateways(bench, scenario)) if scraped else {}
     served = load.requests + connections
-    processes: dict[str, Any] = {}
-    for name, server in servers.items():
-        user, system = cpu_delta(cpu_before[name], cpu_after[name])
-        used = user + system
-        during = sum(cpu_delta(cpu_before[name], cpu_during[name]))
-        memory = server.memory()
-        processes[name] = {
-            "cpu_s": _rounded(used),
-            "system_share": _rounded(system / used, 3) if used else 0.0,
-            "cpu_us_per_request": _rounded(used / served * 1e6),
-            "cores_busy": _rounded(during / load.seconds, 3),
-            "peak_rss_mb": memory["peak_rss_mb"],
-            "peak_rss_sum_mb": memory["peak_rss_sum_mb"],
-            "rss_before_mb": rss_before[name],
-            "peak_rss_before_run_mb": peak_before[name],
-            "peak_over_before_mb": _rounded(memory["peak_rss_sum_mb"] - rss_before[name]),
-            "processes": memory["processes"],
-            "_during": during,
-        }
-    in_chain = CHAIN[scenario]
-    chain_cpu = sum(processes[name]["cpu_s"] for name in in_chain if name in processes)
-    hop_cpu = sum(processes[name]["cpu_s"] for name in HOPS[scenario] if name in processes)
-    every_cpu = sum(entry.pop("_during") for entry in processes.values()) + load.cpu_seconds
+    taken = _Readings(cpu_before, cpu_during, cpu_after, rss_before, peak_before)
+    processes, servers_cpu = taken.figures(servers, served, load.seconds)
+    every_cpu = servers_cpu + load.cpu_seconds
     latency = load.latency_us
     other = max(0.0, machine_busy_s - every_cpu) / load.wall_seconds
     result: dict[str, Any] = {
-        "scenario": scenario,
-        "label": label,
-        "connections": connections,
-        "payload_bytes": payload,
-        "variant": bench.variant.tag if bench.variant else None,
-        "workers": bench.variant.workers if bench.variant else 1,
-        "seconds": _rounded(load.seconds),
-        "requests": load.requests,
-        "requests_served": served,
-        "drain_seconds": _rounded(drained, 3),
-        "failed": load.failed,
-        "errors": load.errors,
-        "throughput_rps": _rounded(load.throughput),
-        "latency_ms": {
-            "p50": _rounded(latency["p50"] / 1e3),
-            "p75": _rounded(latency["p75"] / 1e3),
-            "p90": _rounded(latency["p90"] / 1e3),
-            "p99": _rounded(latency["p99"] / 1e3),
-            "p99.9": _rounded(latency["p99.9"] / 1e3),
-            "mean": _rounded(latency["mean"] / 1e3),
-            "max": _rounded(latency["max"] / 1e3),
-        },
-        "hops_cpu_us_per_request": _rounded(hop_cpu / served * 1e6),
-        "chain_cpu_us_per_request": _rounded(chain_cpu / served * 1e6),
-        "processes": {name: processes[name] for name in in_chain if name in processes},
-        "idle_processes_cpu_s": _rounded(
-            sum(entry["cpu_s"] for name, entry in processes.items() if name not in in_chain)
+        **_load_figures(
+            bench,
+            scenario,
+            label=label,
+            connections=connections,
+            payload=payload,
+            load=load,
+            drained=drained,
         ),
+        **_chain_figures(scenario, processes, served),
         "wrk": {
             "cpu_s": _rounded(load.cpu_seconds),
             "cpu_us_per_request": _rounded(load.cpu_seconds / load.requests * 1e6),
@@ -677,11 +650,106 @@ def measure(
         f"  {scenario} c={connections:<3} {size_label(payload):>7} {label:<14}"
         f" {load.throughput:8.1f} req/s  p50 {latency['p50'] / 1e3:7.2f} ms"
         f"  p99 {latency['p99'] / 1e3:7.2f} ms  chain CPU"
-        f" {chain_cpu / served * 1e6:7.0f} us/req  wrk"
+        f" {result['chain_cpu_us_per_request']:7.0f} us/req  wrk"
         f" {load.cpu_seconds / (load.seconds * (os.cpu_count() or 1)) * 100:4.1f}% of the machine,"
         f" machine busy {machine_busy * 100:3.0f}%{failed}{noisy}"
     )
     return result
+
+
+@dataclass(frozen=True)
+class _Readings:
+    """What was read of every server around one run: CPU before, at its end, once idle; RSS."""
+
+    cpu_before: dict[str, dict[int, tuple[float, float]]]
+    cpu_during: dict[str, dict[int, tuple[float, float]]]
+    cpu_after: dict[str, dict[int, tuple[float, float]]]
+    rss_before: dict[str, float]
+    peak_before: dict[str, float]
+
+    def figures(
+        self, servers: dict[str, Server], served: int, seconds: float
+    ) -> tuple[dict[str, Any], float]:
+        """Each server's CPU per request, cores busy and memory; the CPU all used in the run."""
+        processes: dict[str, Any] = {}
+        during_total = 0.0
+        for name, server in servers.items():
+            user, system = cpu_delta(self.cpu_before[name], self.cpu_after[name])
+            used = user + system
+            during = sum(cpu_delta(self.cpu_before[name], self.cpu_during[name]))
+            during_total += during
+            memory = server.memory()
+            processes[name] = {
+                "cpu_s": _rounded(used),
+                "system_share": _rounded(system / used, 3) if used else 0.0,
+                "cpu_us_per_request": _rounded(used / served * 1e6),
+                "cores_busy": _rounded(during / seconds, 3),
+                "peak_rss_mb": memory["peak_rss_mb"],
+                "peak_rss_sum_mb": memory["peak_rss_sum_mb"],
+                "rss_before_mb": self.rss_before[name],
+                "peak_rss_before_run_mb": self.peak_before[name],
+                "peak_over_before_mb": _rounded(memory["peak_rss_sum_mb"] - self.rss_before[name]),
+                "processes": memory["processes"],
+            }
+        return processes, during_total
+
+
+def _read_before(servers: dict[str, Server]) -> tuple[dict[str, float], dict[str, float]]:
+    """Each server's peak RSS so far and, after resetting the peaks, its RSS now."""
+    # The peak since the last reset (the warm-up's, on fresh servers), then this run's.
+    peak_before = {name: server.memory()["peak_rss_sum_mb"] for name, server in servers.items()}
+    for server in servers.values():
+        server.reset_peaks()
+    rss_before = {name: server.memory()["rss_mb"] for name, server in servers.items()}
+    return rss_before, peak_before
+
+
+def _load_figures(
+    bench: Bench,
+    scenario: str,
+    *,
+    label: str,
+    connections: int,
+    payload: int,
+    load: LoadResult,
+    drained: float,
+) -> dict[str, Any]:
+    """What wrk measured of one run, with what ran it."""
+    latency = load.latency_us
+    return {
+        "scenario": scenario,
+        "label": label,
+        "connections": connections,
+        "payload_bytes": payload,
+        "variant": bench.variant.tag if bench.variant else None,
+        "workers": bench.variant.workers if bench.variant else 1,
+        "seconds": _rounded(load.seconds),
+        "requests": load.requests,
+        "requests_served": load.requests + connections,
+        "drain_seconds": _rounded(drained, 3),
+        "failed": load.failed,
+        "errors": load.errors,
+        "throughput_rps": _rounded(load.throughput),
+        "latency_ms": {
+            name: _rounded(latency[name] / 1e3)
+            for name in ("p50", "p75", "p90", "p99", "p99.9", "mean", "max")
+        },
+    }
+
+
+def _chain_figures(scenario: str, processes: dict[str, Any], served: int) -> dict[str, Any]:
+    """CPU per request of ``scenario``'s hops and whole chain; the chain's processes."""
+    in_chain = CHAIN[scenario]
+    chain_cpu = sum(processes[name]["cpu_s"] for name in in_chain if name in processes)
+    hop_cpu = sum(processes[name]["cpu_s"] for name in HOPS[scenario] if name in processes)
+    return {
+        "hops_cpu_us_per_request": _rounded(hop_cpu / served * 1e6),
+        "chain_cpu_us_per_request": _rounded(chain_cpu / served * 1e6),
+        "processes": {name: processes[name] for name in in_chain if name in processes},
+        "idle_processes_cpu_s": _rounded(
+            sum(entry["cpu_s"] for name, entry in processes.items() if name not in in_chain)
+        ),
+    }
 
 
 # -- the parts ---------------------------------------------------------------------
@@ -1066,60 +1134,203 @@ def part_payload(bench: Bench) -> list[dict[str, Any]]:
 
 
 def part_contracts(bench: Bench, now: datetime) -> list[dict[str, Any]]:
-    """C with 10 contracts loaded and with each larger set, restarting the gateways."""
-    settings = bench.settings
-    counts = sorted({10, *settings.contract_counts})
-    _say(f"\nContracts loaded: {', '.join(f'{count:,}' for count in counts)}")
-    for count in counts:
-        signing = ensure_contract_set(bench.network, count, now)
-        if signing > 0.5:
-            _say(f"  signed filler contracts up to {count - 1:,} in {signing:.1f} s")
-    return _interleaved_points(
+    """C with 10 contracts loaded and with each larger set, side by side."""
+    counts = sorted({10, *bench.settings.contract_counts})
+    _say(f"\nContracts loaded: {', '.join(f'{count:,}' for count in counts)}, side by side")
+    return _side_by_side(
         bench,
+        "contracts",
         [
-            (Variant(contracts=count), f"{count:,} contracts", {"contracts": count})
+            _Point(Variant(contracts=count), f"{count:,} contracts", {"contracts": count})
             for count in counts
         ],
+        now,
     )
 
 
-def _interleaved_points(
-    bench: Bench, points: Sequence[tuple[Variant, str, dict[str, Any]]]
-) -> list[dict[str, Any]]:
-    """C at the main concurrency and payload on fresh gateways of each point's variant.
+@dataclass(frozen=True)
+class _Point:
+    """One point of a flatness curve: its gateways' variant, its label, what its results add."""
 
-    The points take turns, ``curve_runs`` passes, each pass in the reverse
-    order of the one before (1 2 3, 3 2 1, ...), so that every point's rounds
-    sit at the same mean time. The host's speed drifts over minutes (10-25 %
-    between identical rounds a minute apart); measured point after point,
-    the drift was charged to whichever point came last. Each round starts
-    its gateways afresh and warms them up. The results are grouped by point,
-    each with ``extra``, its place in the sequence and how long its gateways
-    took to be ready.
+    variant: Variant
+    label: str
+    extra: dict[str, Any]
+
+
+_Lane = tuple[_Point, Bench]
+
+
+def _side_by_side(
+    bench: Bench,
+    name: str,
+    points: Sequence[_Point],
+    now: datetime,
+    prepare: Callable[[BenchNetwork, _Point], None] | None = None,
+) -> list[dict[str, Any]]:
+    """C on every point at once, each point on a network and gateways of its own.
+
+    Why at once: this host's speed moves within seconds. Measured one after
+    the other, even two identical gateway pairs differed by 10-40 % between
+    runs of 4 s back to back, which hid any difference under 5 % between
+    points. Loaded at the same time, the points share the host's good and
+    bad moments; each lane's gateways get their share of the CPUs, so the
+    ratio of two lanes' throughputs in one slice is the inverse ratio of
+    their costs. What is left is each start's own luck: two identical pairs
+    started together still differed by up to 7 % over a whole run. So the
+    gateways are started afresh ``curve_runs`` times, each time in the
+    reverse order of the time before (starting and loading), and measured
+    ``curve_slices`` times per start.
+
+    Each lane has its own network (keys, registry, contract set, backend, its
+    ports ``LANE_PORT_STEP`` above the last), so the lanes differ only in
+    their point's variant; ``prepare`` adds what a point needs to its network
+    before anything starts. Each lane is loaded from half the main
+    concurrency. The main network's gateways are stopped meanwhile.
     """
     settings = bench.settings
-    results: list[list[dict[str, Any]]] = [[] for _ in points]
-    order = list(range(len(points)))
-    turn = 0
-    for run in range(settings.curve_runs):
-        for index in order if run % 2 == 0 else order[::-1]:
-            variant, label, extra = points[index]
-            ready = bench.start_gateways(variant)
-            result = measure(
-                bench,
-                "C",
-                connections=settings.concurrency,
-                payload=settings.payload,
-                seconds=settings.curve_seconds,
-                warmup=settings.warmup,
-                label=label,
-            )
-            result.update(extra)
-            result["turn"] = turn
-            result["ready_seconds"] = _rounded_map(ready)
-            results[index].append(result)
-            turn += 1
-    return [result for point in results for result in point]
+    bench.stop_gateways()
+    lanes: list[_Lane] = []
+    results: dict[str, list[dict[str, Any]]] = {point.label: [] for point in points}
+    try:
+        for number, point in enumerate(points, 1):
+            folder = bench.workdir / f"{name}-lane-{number}"
+            network = build(folder / "net", settings.port_base + LANE_PORT_STEP * number, now)
+            check_ports(network)
+            signing = ensure_contract_set(network, point.variant.contracts, now)
+            if signing > 0.5:
+                _say(f"  {point.label}: contracts signed in {signing:.1f} s")
+            if prepare is not None:
+                prepare(network, point)
+            lane = Bench(settings=settings, network=network, workdir=folder)
+            lane.start_plain(proxies=False)
+            lanes.append((point, lane))
+        connections = max(1, settings.concurrency // 2)
+        for launch in range(1, settings.curve_runs + 1):
+            order = lanes if launch % 2 else lanes[::-1]
+            ready = {}
+            for point, lane in order:
+                ready[point.label] = _rounded_map(lane.start_gateways(point.variant))
+                check_answers(lane, settings.payload, ("C",))
+            _warm_up_lanes(order, connections, settings.warmup)
+            for number in range(1, settings.curve_slices + 1):
+                measured = _measure_lanes(bench, order, connections, settings.curve_seconds)
+                for (point, _), result in zip(order, measured, strict=True):
+                    result.update(point.extra, launch=launch, slice=number, lanes=len(order))
+                    result["ready_seconds"] = ready[point.label]
+                    results[point.label].append(result)
+            for _, lane in order:
+                lane.stop_gateways()
+    finally:
+        for _, lane in lanes:
+            lane.stop()
+            bench.startups.extend(lane.startups)
+    return [result for point in points for result in results[point.label]]
+
+
+def _lane_loads(order: Sequence[_Lane], connections: int) -> list[Load]:
+    """Each lane's client request at ``connections`` connections."""
+    payload = order[0][1].settings.payload
+    return [lane.post_load("C", connections, payload) for _, lane in order]
+
+
+def _run_at_once(loads: Sequence[Load], seconds: float) -> list[LoadResult]:
+    """Every load's wrk run, all at the same time."""
+    for load in loads:
+        load.prepare(seconds)
+    with ThreadPoolExecutor(len(loads)) as pool:
+        return list(pool.map(lambda load: load.run(seconds), loads))
+
+
+def _warm_up_lanes(order: Sequence[_Lane], connections: int, seconds: float) -> None:
+    """All lanes loaded at once, not measured: pools, caches and heaps warm."""
+    warmed = _run_at_once(_lane_loads(order, connections), seconds)
+    for (point, _), warm in zip(order, warmed, strict=True):
+        if warm.requests and warm.failed >= warm.requests:
+            raise ProcessError(f"{point.label}: every warm-up request failed ({warm.errors})")
+
+
+def _measure_lanes(
+    bench: Bench, order: Sequence[_Lane], connections: int, seconds: float
+) -> list[dict[str, Any]]:
+    """One slice: every lane loaded at once, each lane's figures as :func:`measure` gives them.
+
+    wrk's CPU is that of every lane's wrk together (their rusage is only
+    known once all have ended).
+    """
+    servers = [lane.servers for _, lane in order]
+    everyone = [server for each in servers for server in each.values()]
+    loads = _lane_loads(order, connections)
+    wait_idle(everyone)
+    quiet_wait, others_before = wait_quiet(bench)
+    memory_before = [_read_before(each) for each in servers]
+    cpu_before = [{key: server.cpu() for key, server in each.items()} for each in servers]
+    wrk_before = children_cpu_seconds()
+    machine_before = MachineTimes.now()
+    outcomes = _run_at_once(loads, seconds)
+    machine_after = MachineTimes.now()
+    wrk_cpu = children_cpu_seconds() - wrk_before
+    cpu_during = [{key: server.cpu() for key, server in each.items()} for each in servers]
+    drained = wait_idle(everyone)
+    cpu_after = [{key: server.cpu() for key, server in each.items()} for each in servers]
+    results = []
+    servers_cpu = 0.0
+    for index, ((point, lane), load) in enumerate(zip(order, outcomes, strict=True)):
+        if load.requests == 0:
+            raise ProcessError(f"{point.label}: no request completed ({load.errors})")
+        served = load.requests + connections
+        rss_before, peak_before = memory_before[index]
+        readings = _Readings(
+            cpu_before[index], cpu_during[index], cpu_after[index], rss_before, peak_before
+        )
+        processes, used = readings.figures(servers[index], served, load.seconds)
+        servers_cpu += used
+        results.append(
+            {
+                **_load_figures(
+                    lane,
+                    "C",
+                    label=point.label,
+                    connections=connections,
+                    payload=lane.settings.payload,
+                    load=load,
+                    drained=drained,
+                ),
+                **_chain_figures("C", processes, served),
+            }
+        )
+    wall = max(load.wall_seconds for load in outcomes)
+    every_cpu = servers_cpu + wrk_cpu
+    other = max(0.0, machine_after.busy_seconds_since(machine_before) - every_cpu) / wall
+    wrk_share = wrk_cpu / (wall * (os.cpu_count() or 1))
+    wrk = {
+        "cpu_s": _rounded(wrk_cpu),
+        "of": "every lane's wrk together",
+        "cores_busy": _rounded(wrk_cpu / wall, 3),
+        "share_of_machine": _rounded(wrk_share, 3),
+        "share_of_cpu_used": _rounded(wrk_cpu / every_cpu, 3) if every_cpu else 0.0,
+    }
+    busy = machine_after.busy_share_since(machine_before)
+    shared = {
+        "wrk": wrk,
+        "machine_busy_share": _rounded(busy, 3),
+        "other_cores_busy": _rounded(other, 3),
+        "other_cores_busy_before": _rounded(others_before, 3),
+        "quiet_wait_seconds": _rounded(quiet_wait, 3),
+    }
+    noisy = f", OTHER PROCESSES {other:.2f} cores" if other >= NOISY_CORES else ""
+    for result in results:
+        result.update(shared)
+        failed = f", {result['failed']} FAILED {result['errors']}" if result["failed"] else ""
+        _say(
+            f"  C c={connections:<3} {result['label']:<16} {result['throughput_rps']:8.1f} req/s"
+            f"  p50 {result['latency_ms']['p50']:7.2f} ms  p99 {result['latency_ms']['p99']:7.2f}"
+            f" ms  gateways' CPU {result['hops_cpu_us_per_request']:7.0f} us/req{failed}"
+        )
+    _say(
+        f"    (at once; machine busy {busy * 100:3.0f}%,"
+        f" wrk {wrk_share * 100:.1f}% of the machine{noisy})"
+    )
+    return results
 
 
 class _RecentBulkLeaves(BulkLeaves):
@@ -1138,47 +1349,58 @@ class _RecentBulkLeaves(BulkLeaves):
         return self._stamps[0] + suffix, self._stamps[1] + suffix
 
 
-def part_audit(bench: Bench) -> list[dict[str, Any]]:
-    """C on empty audit logs and on logs of ``audit_records`` records (both gateways)."""
+def part_audit(bench: Bench, now: datetime) -> list[dict[str, Any]]:
+    """C on empty audit logs and on logs of ``audit_records`` records (both gateways), side by
+    side."""
     settings = bench.settings
     total = settings.audit_records
     name = f"audit-{total}.db"
-    bench.stop_gateways()
-    _say(f"\nAudit log size: 0 and {total:,} records in each gateway's log")
-    provider_db = bench.network.agency_dir(PROVIDER) / name
-    started = time.perf_counter()
-    rng = random.Random(2026)  # noqa: S311 - synthetic records, not secrets
-    records = ExchangeRecords(rng)
-    built, _ = asyncio.run(
-        build_log(provider_db, total, (), _RecentBulkLeaves(rng, records, total))
-    )
-    shutil.copyfile(provider_db, bench.network.agency_dir(CONSUMER) / name)
-    build_seconds = time.perf_counter() - started
-    # The copy's pages are still being written back: the first rounds would
-    # wait for that disk traffic behind their own fsyncs.
-    os.sync()
-    sync_seconds = time.perf_counter() - started - build_seconds
-    _say(
-        f"  built and copied in {build_seconds:.0f} s ({built['database_bytes'] / 1e9:.2f} GB),"
-        f" written back in {sync_seconds:.1f} s"
-    )
-    results = _interleaved_points(
-        bench,
-        [
-            (Variant(audit_db=db), f"{records:,} records", {"audit_records": records})
-            for records, db in ((0, "audit-empty.db"), (total, name))
-        ],
-    )
-    bench.stop_gateways()
-    for agency in (CONSUMER, PROVIDER):
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(OSError):
-                (bench.network.agency_dir(agency) / f"{name}{suffix}").unlink()
-    results[-1]["build"] = {
-        **built,
-        "seconds_with_copy": _rounded(build_seconds),
-        "sync_seconds": _rounded(sync_seconds),
-    }
+    _say(f"\nAudit log size: 0 and {total:,} records in each gateway's log, side by side")
+    log_built: dict[str, Any] = {}
+    made: list[Path] = []
+
+    def prepare(network: BenchNetwork, point: _Point) -> None:
+        if point.variant.audit_db != name:
+            return
+        provider_db = network.agency_dir(PROVIDER) / name
+        consumer_db = network.agency_dir(CONSUMER) / name
+        made.extend((provider_db, consumer_db))
+        started = time.perf_counter()
+        rng = random.Random(2026)  # noqa: S311 - synthetic records, not secrets
+        built, _ = asyncio.run(
+            build_log(provider_db, total, (), _RecentBulkLeaves(rng, ExchangeRecords(rng), total))
+        )
+        shutil.copyfile(provider_db, consumer_db)
+        build_seconds = time.perf_counter() - started
+        # The copy's pages are still being written back: the first rounds would
+        # wait for that disk traffic behind their own fsyncs.
+        os.sync()
+        sync_seconds = time.perf_counter() - started - build_seconds
+        _say(
+            f"  built and copied in {build_seconds:.0f} s"
+            f" ({built['database_bytes'] / 1e9:.2f} GB), written back in {sync_seconds:.1f} s"
+        )
+        log_built.update(
+            built, seconds_with_copy=_rounded(build_seconds), sync_seconds=_rounded(sync_seconds)
+        )
+
+    try:
+        results = _side_by_side(
+            bench,
+            "audit",
+            [
+                _Point(Variant(audit_db=db), f"{records:,} records", {"audit_records": records})
+                for records, db in ((0, "audit-empty.db"), (total, name))
+            ],
+            now,
+            prepare,
+        )
+    finally:
+        for path in made:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    path.with_name(path.name + suffix).unlink()
+    results[-1]["build"] = log_built
     return results
 
 
@@ -1260,8 +1482,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--curve-runs",
         type=int,
-        help="runs per point of the contracts and audit curves, whose flatness is a target"
-        " (2; --quick: 1)",
+        help="starts of the side-by-side gateways of the contracts and audit curves, whose"
+        " flatness is a target (4; --quick: 1)",
     )
     parser.add_argument("--concurrency", type=int, default=64, help="connections of A, B, C (64)")
     parser.add_argument("--payload", default="1K", help="request and record size of A, B, C (1K)")
@@ -1342,12 +1564,15 @@ def estimate_seconds(settings: Settings) -> float:
         total += settings.connections_seconds + settings.warmup + 8
     if "payload" in parts:
         total += 2 * (len(settings.payloads) + 1) * curve * 1.3 + 10
+    # The lanes start afresh for each of curve_runs starts, then run curve_slices slices at once.
+    starts = settings.curve_runs * (settings.warmup + settings.curve_slices * (curve - 0.8))
     if "contracts" in parts:
         counts = sorted({10, *settings.contract_counts})
-        # A restart every round; 10,000 contracts take about 10 s to load.
-        total += len(counts) * (curve + 2) * settings.curve_runs + sum(counts) * 0.003
+        # Signing, and each start: 10,000 contracts take about 10 s to load.
+        total += sum(counts) * 0.001 + settings.curve_runs * (sum(counts) * 0.001 + len(counts))
+        total += starts
     if "audit" in parts:
-        total += 2 * (curve + 3) * settings.curve_runs + settings.audit_records / 15_000
+        total += starts + settings.curve_runs * 3 + settings.audit_records / 15_000
     if "soak" in parts:
         total += SOAK_WARMUP + settings.soak_seconds + 8
     return total
@@ -1497,7 +1722,7 @@ def _run(bench: Bench, started_at: datetime) -> dict[str, Any]:
         "connections": (results, "connections", lambda: part_connections(bench)),
         "payload": (curves, "payload", lambda: part_payload(bench)),
         "contracts": (curves, "contracts", lambda: part_contracts(bench, started_at)),
-        "audit": (curves, "audit_log", lambda: part_audit(bench)),
+        "audit": (curves, "audit_log", lambda: part_audit(bench, started_at)),
         "soak": (results, "soak", lambda: part_soak(bench)),
     }
     part_seconds: dict[str, float] = {}

@@ -117,6 +117,12 @@ def find_wrk(name: str) -> str:
     return found
 
 
+def children_cpu_seconds() -> float:
+    """User and system CPU seconds of this process's children that have ended (and been reaped)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def run_wrk(
     wrk: str,
     url: str,
@@ -143,13 +149,13 @@ def run_wrk(
         "--",
         *arguments,
     ]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = children_cpu_seconds()
     started = time.perf_counter()
     done = subprocess.run(  # noqa: S603 - wrk with arguments we built
         command, capture_output=True, text=True, check=False, timeout=seconds + timeout + 30
     )
     wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = children_cpu_seconds() - before
     if log is not None:
         with log.open("a") as handle:
             handle.write(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}\n")
@@ -162,7 +168,6 @@ def run_wrk(
             f"wrk failed (status {done.returncode}): {done.stderr.strip() or done.stdout.strip()}"
         )
     summary: dict[str, Any] = json.loads(line.removeprefix(MARKER))
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return LoadResult(
         requests=int(summary["requests"]),
         seconds=summary["duration_us"] / 1e6,

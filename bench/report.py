@@ -19,6 +19,10 @@ within each round, so a drifting machine weighs on all three):
   throughput at ``--workers 2`` over ``--workers 1`` in the same round, the
   median over rounds (``provider_workersN_over_workers1`` for another N).
 
+The flatness figures (``contracts_10000_over_10_throughput``,
+``audit_1e6_over_0_throughput`` and their ``_cpu``) are medians of per-slice
+ratios of lanes loaded at once (``bench.exchange._side_by_side``).
+
 Beside them: each gateway's peak RSS at 1,000 connections
 (``connections_1000_gateway_peak_rss_mb``, the larger of the two) and its RSS
 growth over the soak (``soak_gateway_rss_growth_percent``).
@@ -226,12 +230,19 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             continue
         smallest, largest = min(points), max(points)
         name = f"{prefix}_{_exp(largest)}_over_{_exp(smallest)}"
-        figures[f"{name}_throughput"] = _r(
-            points[largest]["throughput_rps"] / points[smallest]["throughput_rps"]
-        )
-        figures[f"{name}_cpu"] = _r(
-            points[largest]["hops_cpu_us_per_request"] / points[smallest]["hops_cpu_us_per_request"]
-        )
+        runs = curves[key]
+        for figure, measured in (
+            ("throughput", "throughput_rps"),
+            ("cpu", "hops_cpu_us_per_request"),
+        ):
+            paired = _paired_ratios(runs, member, (smallest, largest), measured)
+            if paired:
+                figures[f"{name}_{figure}"] = _median(paired)
+                figures[f"{name}_{figure}_by_slice"] = paired
+            else:  # points measured one after the other (results of older runs)
+                figures[f"{name}_{figure}"] = _r(
+                    points[largest][measured] / points[smallest][measured]
+                )
     memory = [r for r in curves.get("payload") or [] if r.get("memory_run")]
     if memory:
         largest = memory[0]
@@ -350,6 +361,22 @@ def _points(runs: list[dict[str, Any]], member: str) -> dict[int, dict[str, floa
         }
         for point, each in grouped.items()
     }
+
+
+def _paired_ratios(
+    runs: list[dict[str, Any]], member: str, pair: tuple[int, int], measured: str
+) -> list[float]:
+    """``measured`` of the larger point over the smaller, in each slice where both ran at once."""
+    slices: dict[tuple[int, int], dict[int, float]] = {}
+    for run in runs:
+        if "slice" in run:
+            slices.setdefault((run["launch"], run["slice"]), {})[run[member]] = run[measured]
+    smallest, largest = pair
+    return [
+        _r(each[largest] / each[smallest])
+        for _, each in sorted(slices.items())
+        if smallest in each and largest in each
+    ]
 
 
 def _all_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
