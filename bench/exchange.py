@@ -1173,10 +1173,13 @@ def _side_by_side(
     the other, even two identical gateway pairs differed by 10-40 % between
     runs of 4 s back to back, which hid any difference under 5 % between
     points. Loaded at the same time, the points share the host's good and
-    bad moments; each lane's gateways get their share of the CPUs, so the
-    ratio of two lanes' throughputs in one slice is the inverse ratio of
-    their costs. What is left is each start's own luck: two identical pairs
-    started together still differed by up to 7 % over a whole run. So the
+    bad moments, and each lane's CPU per exchange is measured under the
+    same conditions: their ratio is the points' difference in cost. Their
+    throughputs are each lane's while it shares the machine, which the
+    scheduler does not split evenly (a lane whose gateways wait more leaves
+    CPU to the others), so that ratio is noisier per slice and leans towards
+    1. What is left is each start's own luck: two identical pairs started
+    together still differed by up to 7 % over a whole run. So the
     gateways are started afresh ``curve_runs`` times, each time in the
     reverse order of the time before (starting and loading), and measured
     ``curve_slices`` times per start.
