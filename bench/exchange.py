@@ -585,13 +585,13 @@ def measure(
     source.prepare(seconds)
     scraped = scrape_gateways(bench, scenario)
     rss_before, peak_before = _read_before(servers)
-    cpu_before = {name: server.cpu() for name, server in servers.items()}
+    cpu_before = _cpu_now(servers)
     machine_before = MachineTimes.now()
     load = source.run(seconds)
     machine_after = MachineTimes.now()
     machine_busy = machine_after.busy_share_since(machine_before)
     machine_busy_s = machine_after.busy_seconds_since(machine_before)
-    cpu_during = {name: server.cpu() for name, server in servers.items()}
+    cpu_during = _cpu_now(servers)
     if load.requests == 0:
         raise ProcessError(f"scenario {scenario}: no request completed ({load.errors})")
     # wrk stops with one request outstanding on each connection; the servers finish
@@ -599,7 +599,7 @@ def measure(
     # (CPU until idle again) / (completed + connections), with no bias from requests
     # cut at either end of the run, however slow each one is.
     drained = wait_idle(servers.values())
-    cpu_after = {name: server.cpu() for name, server in servers.items()}
+    cpu_after = _cpu_now(servers)
     gateway_view = summarise(scraped, scrape_gateways(bench, scenario)) if scraped else {}
     served = load.requests + connections
     taken = _Readings(cpu_before, cpu_during, cpu_after, rss_before, peak_before)
@@ -657,13 +657,21 @@ def measure(
     return result
 
 
+_CpuTimes = dict[str, dict[int, tuple[float, float]]]
+
+
+def _cpu_now(servers: dict[str, Server]) -> _CpuTimes:
+    """Each server's CPU seconds so far, per member process."""
+    return {name: server.cpu() for name, server in servers.items()}
+
+
 @dataclass(frozen=True)
 class _Readings:
     """What was read of every server around one run: CPU before, at its end, once idle; RSS."""
 
-    cpu_before: dict[str, dict[int, tuple[float, float]]]
-    cpu_during: dict[str, dict[int, tuple[float, float]]]
-    cpu_after: dict[str, dict[int, tuple[float, float]]]
+    cpu_before: _CpuTimes
+    cpu_during: _CpuTimes
+    cpu_after: _CpuTimes
     rss_before: dict[str, float]
     peak_before: dict[str, float]
 
@@ -695,7 +703,7 @@ class _Readings:
 
 
 def _read_before(servers: dict[str, Server]) -> tuple[dict[str, float], dict[str, float]]:
-    """Each server's peak RSS so far and, after resetting the peaks, its RSS now."""
+    """Each server's RSS now (after resetting its peak) and its peak RSS before the reset."""
     # The peak since the last reset (the warm-up's, on fresh servers), then this run's.
     peak_before = {name: server.memory()["peak_rss_sum_mb"] for name, server in servers.items()}
     for server in servers.values():
@@ -1266,15 +1274,15 @@ def _measure_lanes(
     wait_idle(everyone)
     quiet_wait, others_before = wait_quiet(bench)
     memory_before = [_read_before(each) for each in servers]
-    cpu_before = [{key: server.cpu() for key, server in each.items()} for each in servers]
+    cpu_before = [_cpu_now(each) for each in servers]
     wrk_before = children_cpu_seconds()
     machine_before = MachineTimes.now()
     outcomes = _run_at_once(loads, seconds)
     machine_after = MachineTimes.now()
     wrk_cpu = children_cpu_seconds() - wrk_before
-    cpu_during = [{key: server.cpu() for key, server in each.items()} for each in servers]
+    cpu_during = [_cpu_now(each) for each in servers]
     drained = wait_idle(everyone)
-    cpu_after = [{key: server.cpu() for key, server in each.items()} for each in servers]
+    cpu_after = [_cpu_now(each) for each in servers]
     results = []
     servers_cpu = 0.0
     for index, ((point, lane), load) in enumerate(zip(order, outcomes, strict=True)):
