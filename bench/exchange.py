@@ -618,21 +618,17 @@ def measure(
             drained=drained,
         ),
         **_chain_figures(scenario, processes, served),
-        "wrk": {
-            "cpu_s": _rounded(load.cpu_seconds),
-            "cpu_us_per_request": _rounded(load.cpu_seconds / load.requests * 1e6),
-            "cores_busy": _rounded(load.cpu_seconds / load.seconds, 3),
-            "share_of_machine": _rounded(
-                load.cpu_seconds / (load.seconds * (os.cpu_count() or 1)), 3
-            ),
-            "share_of_cpu_used": _rounded(load.cpu_seconds / every_cpu, 3) if every_cpu else 0.0,
-        },
-        "machine_busy_share": _rounded(machine_busy, 3),
-        # CPU the machine spent on anything but our servers and wrk (another test run, say).
-        "other_cores_busy": _rounded(other, 3),
-        "other_cores_busy_before": _rounded(others_before, 3),
-        "quiet_wait_seconds": _rounded(quiet_wait, 3),
+        **_machine_figures(
+            wrk_cpu=load.cpu_seconds,
+            seconds=load.seconds,
+            every_cpu=every_cpu,
+            busy=machine_busy,
+            other=other,
+            others_before=others_before,
+            quiet_wait=quiet_wait,
+        ),
     }
+    result["wrk"]["cpu_us_per_request"] = _rounded(load.cpu_seconds / load.requests * 1e6)
     if gateway_view:
         result["gateway_metrics"] = gateway_view
     if load.answers:
@@ -651,7 +647,7 @@ def measure(
         f" {load.throughput:8.1f} req/s  p50 {latency['p50'] / 1e3:7.2f} ms"
         f"  p99 {latency['p99'] / 1e3:7.2f} ms  chain CPU"
         f" {result['chain_cpu_us_per_request']:7.0f} us/req  wrk"
-        f" {load.cpu_seconds / (load.seconds * (os.cpu_count() or 1)) * 100:4.1f}% of the machine,"
+        f" {result['wrk']['share_of_machine'] * 100:4.1f}% of the machine,"
         f" machine busy {machine_busy * 100:3.0f}%{failed}{noisy}"
     )
     return result
@@ -742,6 +738,32 @@ def _load_figures(
             name: _rounded(latency[name] / 1e3)
             for name in ("p50", "p75", "p90", "p99", "p99.9", "mean", "max")
         },
+    }
+
+
+def _machine_figures(
+    *,
+    wrk_cpu: float,
+    seconds: float,
+    every_cpu: float,
+    busy: float,
+    other: float,
+    others_before: float,
+    quiet_wait: float,
+) -> dict[str, Any]:
+    """wrk's CPU over a run of ``seconds``, how busy the machine was, and with what else."""
+    return {
+        "wrk": {
+            "cpu_s": _rounded(wrk_cpu),
+            "cores_busy": _rounded(wrk_cpu / seconds, 3),
+            "share_of_machine": _rounded(wrk_cpu / (seconds * (os.cpu_count() or 1)), 3),
+            "share_of_cpu_used": _rounded(wrk_cpu / every_cpu, 3) if every_cpu else 0.0,
+        },
+        "machine_busy_share": _rounded(busy, 3),
+        # CPU the machine spent on anything but our servers and wrk (another test run, say).
+        "other_cores_busy": _rounded(other, 3),
+        "other_cores_busy_before": _rounded(others_before, 3),
+        "quiet_wait_seconds": _rounded(quiet_wait, 3),
     }
 
 
@@ -1312,22 +1334,17 @@ def _measure_lanes(
     wall = max(load.wall_seconds for load in outcomes)
     every_cpu = servers_cpu + wrk_cpu
     other = max(0.0, machine_after.busy_seconds_since(machine_before) - every_cpu) / wall
-    wrk_share = wrk_cpu / (wall * (os.cpu_count() or 1))
-    wrk = {
-        "cpu_s": _rounded(wrk_cpu),
-        "of": "every lane's wrk together",
-        "cores_busy": _rounded(wrk_cpu / wall, 3),
-        "share_of_machine": _rounded(wrk_share, 3),
-        "share_of_cpu_used": _rounded(wrk_cpu / every_cpu, 3) if every_cpu else 0.0,
-    }
     busy = machine_after.busy_share_since(machine_before)
-    shared = {
-        "wrk": wrk,
-        "machine_busy_share": _rounded(busy, 3),
-        "other_cores_busy": _rounded(other, 3),
-        "other_cores_busy_before": _rounded(others_before, 3),
-        "quiet_wait_seconds": _rounded(quiet_wait, 3),
-    }
+    shared = _machine_figures(
+        wrk_cpu=wrk_cpu,
+        seconds=wall,
+        every_cpu=every_cpu,
+        busy=busy,
+        other=other,
+        others_before=others_before,
+        quiet_wait=quiet_wait,
+    )
+    shared["wrk"]["of"] = "every lane's wrk together"
     noisy = f", OTHER PROCESSES {other:.2f} cores" if other >= NOISY_CORES else ""
     for result in results:
         result.update(shared)
@@ -1339,7 +1356,7 @@ def _measure_lanes(
         )
     _say(
         f"    (at once; machine busy {busy * 100:3.0f}%,"
-        f" wrk {wrk_share * 100:.1f}% of the machine{noisy})"
+        f" wrk {shared['wrk']['share_of_machine'] * 100:.1f}% of the machine{noisy})"
     )
     return results
 
