@@ -79,7 +79,11 @@ class HttpBackend:
                 ) as response:
                     # Sent: the request's JSON is not held while the answer is read (memory).
                     del body
-                    raw = await read_bounded(response.content, MAX_BACKEND_RESPONSE_BYTES)
+                    raw = await read_bounded(
+                        response.content,
+                        MAX_BACKEND_RESPONSE_BYTES,
+                        announced=response.content_length,
+                    )
                     status = response.status
         except TimeoutError as exc:
             raise BackendTimeout("the backend did not answer in time") from exc

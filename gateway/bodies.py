@@ -14,17 +14,35 @@ from typing import Final, Generic, TypeVar
 import aiohttp
 
 
-async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytearray | None:
+async def read_bounded(
+    stream: aiohttp.StreamReader, limit: int, *, announced: int | None = None
+) -> bytearray | None:
     """The whole body, or None as soon as it exceeds ``limit`` bytes.
 
-    Each chunk is appended to one buffer as it arrives: a large body is not
+    Each chunk is copied into one buffer as it arrives: a large body is not
     held twice, as chunks and then as their join (memory).
+
+    ``announced`` is the ``Content-Length`` of a sender trusted to send it
+    (the agency's own backend): the buffer is then allocated once at that
+    size instead of grown as chunks arrive. A buffer grown in C's heap can
+    leave the heap's top held by something allocated meanwhile, so the
+    memory stays resident after the exchange: about one provider start in
+    six kept 8 MiB after an 8 MiB answer (docs/performance.md). A peer's or
+    client's ``Content-Length`` is not used so: it would make the gateway
+    commit memory for bytes that may never be sent.
     """
-    body = bytearray()
+    if announced is not None and announced > limit:
+        return None
+    body = bytearray(announced or 0)
+    filled = 0
     async for chunk in stream.iter_any():
-        if len(body) + len(chunk) > limit:
+        end = filled + len(chunk)
+        if end > limit:
             return None
-        body += chunk
+        # Within the allocated length a copy in place; past it, an append.
+        body[filled:end] = chunk
+        filled = end
+    del body[filled:]
     return body
 
 

@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.test_utils import TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.bodies import (
     HandedBody,
@@ -80,6 +83,71 @@ async def test_read_bounded_stops_past_the_limit() -> None:
         b"x" * 600 + b"y" * 400,
         "bytearray",
     )
+
+
+async def test_read_bounded_fills_the_announced_length() -> None:
+    """With the sender's Content-Length announced, the body arrives whole, in one buffer."""
+    body = bytes(range(256)) * 1_000
+    seen: list[bytes | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        read = await read_bounded(request.content, 1_000_000, announced=request.content_length)
+        seen.append(None if read is None else bytes(read))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    async with (
+        TestServer(app, host="127.0.0.1") as server,
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{server.port}/", data=body) as response,
+    ):
+        assert response.status == 200
+    assert seen == [body]
+
+
+def _fed(chunks: list[bytes]) -> aiohttp.StreamReader:
+    """A stream that has received ``chunks`` and its end (aiohttp's own reader)."""
+    loop = asyncio.get_running_loop()
+    stream = aiohttp.StreamReader(BaseProtocol(loop), 2**16, loop=loop)
+    for chunk in chunks:
+        stream.feed_data(chunk)
+    stream.feed_eof()
+    return stream
+
+
+async def test_read_bounded_refuses_an_announced_length_over_the_limit() -> None:
+    """None at once, before any of the body is read."""
+    stream = _fed([b"x" * 10])
+    assert await read_bounded(stream, 1_000, announced=1_001) is None
+    assert await stream.read() == b"x" * 10
+
+
+async def test_read_bounded_keeps_what_arrived_whatever_was_announced() -> None:
+    """Less than announced is cut to what came; more is appended, still within the limit."""
+    chunks = [b"ab", b"cde", b"f"]
+    assert await read_bounded(_fed(chunks), 100, announced=50) == b"abcdef"
+    assert await read_bounded(_fed(chunks), 100, announced=2) == b"abcdef"
+    assert await read_bounded(_fed(chunks), 100, announced=0) == b"abcdef"
+    assert await read_bounded(_fed(chunks), 5, announced=5) is None
+
+
+@given(
+    chunks=st.lists(st.binary(min_size=1, max_size=40), max_size=8),
+    limit=st.integers(min_value=0, max_value=200),
+    announced=st.none() | st.integers(min_value=0, max_value=250),
+)
+def test_read_bounded_is_the_body_or_none(
+    chunks: list[bytes], limit: int, announced: int | None
+) -> None:
+    """Whatever the split and the announced length: the exact body, or None when over the limit."""
+
+    async def read() -> bytearray | None:
+        return await read_bounded(_fed(chunks), limit, announced=announced)
+
+    body = b"".join(chunks)
+    over = len(body) > limit or (announced is not None and announced > limit)
+    assert asyncio.run(read()) == (None if over else body)
 
 
 def test_strip_in_place() -> None:
