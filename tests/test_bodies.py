@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from collections.abc import AsyncIterator
 
@@ -107,13 +108,40 @@ async def test_read_bounded_fills_the_announced_length() -> None:
 
 
 def _fed(chunks: list[bytes]) -> aiohttp.StreamReader:
-    """A stream that has received ``chunks`` and its end (aiohttp's own reader)."""
+    """A stream (aiohttp's own reader) that has received ``chunks`` and its end."""
     loop = asyncio.get_running_loop()
     stream = aiohttp.StreamReader(BaseProtocol(loop), 2**16, loop=loop)
     for chunk in chunks:
         stream.feed_data(chunk)
     stream.feed_eof()
     return stream
+
+
+async def _read_arriving(chunks: list[bytes], limit: int, announced: int | None) -> bytes | None:
+    """What ``read_bounded`` makes of ``chunks`` arriving one by one while it reads.
+
+    The stream's protocol has a connection (a socket pair), so that the
+    reader waits for each chunk instead of finding the stream closed.
+    """
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    transport, protocol = await loop.create_connection(lambda: BaseProtocol(loop), sock=ours)
+    stream = aiohttp.StreamReader(protocol, 2**16, loop=loop)
+
+    async def feed() -> None:
+        for chunk in chunks:
+            stream.feed_data(chunk)
+            await asyncio.sleep(0)  # the reader takes each chunk before the next comes
+        stream.feed_eof()
+
+    try:
+        feeding = asyncio.create_task(feed())
+        read = await read_bounded(stream, limit, announced=announced)
+        await feeding
+    finally:
+        transport.close()
+        theirs.close()
+    return None if read is None else bytes(read)
 
 
 async def test_read_bounded_refuses_an_announced_length_over_the_limit() -> None:
@@ -141,13 +169,9 @@ def test_read_bounded_is_the_body_or_none(
     chunks: list[bytes], limit: int, announced: int | None
 ) -> None:
     """Whatever the split and the announced length: the exact body, or None when over the limit."""
-
-    async def read() -> bytearray | None:
-        return await read_bounded(_fed(chunks), limit, announced=announced)
-
     body = b"".join(chunks)
     over = len(body) > limit or (announced is not None and announced > limit)
-    assert asyncio.run(read()) == (None if over else body)
+    assert asyncio.run(_read_arriving(chunks, limit, announced)) == (None if over else body)
 
 
 def test_strip_in_place() -> None:
