@@ -225,12 +225,12 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         ("contracts", "contracts", "contracts"),
         ("audit_log", "audit_records", "audit"),
     ):
-        points = _points(curves.get(key) or [], member)
+        runs = curves.get(key) or []
+        points = {run[member] for run in runs}
         if len(points) < 2:
             continue
         smallest, largest = min(points), max(points)
         name = f"{prefix}_{_exp(largest)}_over_{_exp(smallest)}"
-        runs = curves[key]
         for figure, measured in (
             ("throughput", "throughput_rps"),
             ("cpu", "hops_cpu_us_per_request"),
@@ -239,10 +239,6 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             if paired:
                 figures[f"{name}_{figure}"] = _median(paired)
                 figures[f"{name}_{figure}_by_slice"] = paired
-            else:  # points measured one after the other (results of older runs)
-                figures[f"{name}_{figure}"] = _r(
-                    points[largest][measured] / points[smallest][measured]
-                )
     memory = [r for r in curves.get("payload") or [] if r.get("memory_run")]
     if memory:
         largest = memory[0]
@@ -345,22 +341,6 @@ def _exp(count: int) -> str:
         return str(count)
     exponent = len(str(count)) - 1
     return f"1e{exponent}" if count == 10**exponent else str(count)
-
-
-def _points(runs: list[dict[str, Any]], member: str) -> dict[int, dict[str, float]]:
-    """Median throughput and gateway CPU per exchange at each point of a curve."""
-    grouped: dict[int, list[dict[str, Any]]] = {}
-    for run in runs:
-        grouped.setdefault(run[member], []).append(run)
-    return {
-        point: {
-            "throughput_rps": statistics.median(r["throughput_rps"] for r in each),
-            "hops_cpu_us_per_request": statistics.median(
-                r["hops_cpu_us_per_request"] for r in each
-            ),
-        }
-        for point, each in grouped.items()
-    }
 
 
 def _paired_ratios(
