@@ -22,6 +22,7 @@ from gateway.audit import AuditLog, Pseudonymizer, open_audit_log
 from gateway.audit.records import load_audit_key
 from gateway.config import GatewaySettings
 from gateway.contracts import Contract, ContractDirLoader, ContractLoad, ContractSet
+from gateway.dirwatch import DirectoryWatch
 from gateway.errors import SetupError
 from gateway.keys import AgencyKeys, load_agency_keys, load_public_key_file
 from gateway.metrics import GatewayMetrics
@@ -43,11 +44,13 @@ class ContractState:
 
     ``current`` always verifies under the keys of registry ``registry_serial``
     (the serial the directory was last loaded with). ``loader`` keeps the
-    parsed files between loads; only reloads use it, one at a time.
+    parsed files between loads and ``watch`` says when the directory must be
+    swept for changes; only reloads use them, one at a time.
     """
 
     current: ContractSet
     loader: ContractDirLoader
+    watch: DirectoryWatch
     problems: tuple[str, ...] = ()
     stamp: DirStamp = ()
     registry_serial: int = -1
@@ -119,6 +122,7 @@ class Runtime:
 
     async def close(self) -> None:
         """Close the audit log (which signs a final checkpoint) and the shared state store."""
+        self.contracts.watch.close()
         try:
             await self.audit.close()
         finally:
@@ -151,7 +155,8 @@ class Runtime:
 
     def _prepare_reload(self, now: int) -> _PendingReload:
         # A worker thread. Reads the registry holder and self.contracts but changes
-        # neither: only _apply_reload does, on the loop, after this has returned.
+        # neither (only the watch's own record of sweeps): only _apply_reload does,
+        # on the loop, after this has returned.
         check = self.registry.check(now)
         registry = check.found if isinstance(check.found, Registry) else check.based_on
         try:
@@ -162,9 +167,13 @@ class Runtime:
 
     def _prepare_contracts(self, now: int, registry: Registry) -> _ContractReload | None:
         state = self.contracts
-        stamp = _dir_stamp(self.settings.contracts.dir)
         serial = registry.serial
+        # Asked before the sweep: a change made during it is news at the next reload.
+        if not state.watch.sweep_due() and serial == state.registry_serial:
+            return None
+        stamp, linked = _dir_stamp(self.settings.contracts.dir)
         if stamp == state.stamp and serial == state.registry_serial:
+            state.watch.swept(linked=linked)
             return None
         loaded = state.loader.load(registry.signing_keys, now, keys_version=serial)
         problems = tuple(str(problem) for problem in loaded.problems)
@@ -176,6 +185,8 @@ class Runtime:
             survivors = state.loader.verified(
                 state.current, registry.signing_keys, keys_version=serial
             )
+        # Only now: a load that raised is tried again at the next reload.
+        state.watch.swept(linked=linked)
         return _ContractReload(stamp, serial, loaded, problems, survivors)
 
     def _apply_reload(self, pending: _PendingReload, now: int) -> None:
@@ -210,20 +221,24 @@ class Runtime:
         log.info("contracts_reloaded", count=len(loaded.contracts))
 
 
-def _dir_stamp(directory: Path) -> DirStamp:
+def _dir_stamp(directory: Path) -> tuple[DirStamp, bool]:
     # Every entry (a changed stamp only asks the loader, which skips what is not a
-    # contract file); () when the directory cannot be listed. os.scandir rather
-    # than Path.iterdir: no Path object per entry, half the time with 10,000 files.
+    # contract file), and whether one is a symbolic link (the watch cannot see its
+    # target change); ((), False) when the directory cannot be listed. os.scandir
+    # rather than Path.iterdir: no Path object per entry, half the time with 10,000
+    # files; is_symlink() reads the entry's type from the listing, no system call.
     stamps = []
+    linked = False
     try:
         with os.scandir(directory) as entries:
             for entry in entries:
                 with contextlib.suppress(OSError):
+                    linked = linked or entry.is_symlink()
                     info = entry.stat()
                     stamps.append((entry.name, info.st_mtime_ns, info.st_size))
     except OSError:
-        return ()
-    return tuple(sorted(stamps))
+        return (), False
+    return tuple(sorted(stamps)), linked
 
 
 async def build_runtime(
@@ -248,15 +263,19 @@ async def build_runtime(
     registry.load(now)
     # Kept by the runtime: the first reload then re-parses only files changed since.
     loader = ContractDirLoader(settings.contracts.dir)
-    # Taken before loading, so a file changed during the load shows as a change next time.
-    stamp = _dir_stamp(settings.contracts.dir)
+    # Opened and the stamp taken before loading, so a file changed during the load
+    # shows as a change next time.
+    watch = DirectoryWatch(settings.contracts.dir)
+    stamp, linked = _dir_stamp(settings.contracts.dir)
     serial = registry.current.serial
     loaded = loader.load(registry.current.signing_keys, now, keys_version=serial)
     for problem in loaded.problems:
         log.warning("contract_refused", problem=str(problem))
+    watch.swept(linked=linked)
     contracts = ContractState(
         current=loaded.contracts,
         loader=loader,
+        watch=watch,
         problems=tuple(str(problem) for problem in loaded.problems),
         stamp=stamp,
         registry_serial=serial,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from urllib.parse import urlencode
 import pytest
 import yaml
 
+from gateway import runtime as runtime_module
 from gateway.backend import HttpBackend
 from gateway.config import load_settings
 from gateway.contracts import Contract, ContractDirLoader, ContractProblem
@@ -137,6 +139,52 @@ async def test_reload_parses_only_changed_files(tax_runtime: Runtime) -> None:
     assert loader.done() == ([], sorted(ids))
     assert set(tax_runtime.contracts.current.ids()) == ids
     assert (tax_runtime.contracts.problems, _failures(tax_runtime, "contracts")) == ((), 0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+async def test_reload_sweeps_the_folder_only_when_the_kernel_reports_a_change(
+    tax_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload with no news from the kernel neither lists nor stats the contract files."""
+    directory = tax_runtime.settings.contracts.dir
+    swept: list[Path] = []
+    sweep = runtime_module._dir_stamp
+
+    def counted(folder: Path) -> tuple[runtime_module.DirStamp, bool]:
+        swept.append(folder)
+        return sweep(folder)
+
+    monkeypatch.setattr(runtime_module, "_dir_stamp", counted)
+    assert tax_runtime.contracts.watch.kernel_told
+    loader = CountingLoader(directory)
+    tax_runtime.contracts.loader = loader
+    await tax_runtime.reload()
+    assert (swept, loader.done()) == ([], ([], []))
+    name = sorted(path.name for path in directory.glob("*.yaml"))[0]
+    _edit(directory / name, "noticed")
+    await tax_runtime.reload()
+    assert swept == [directory]
+    assert loader.done()[0] == sorted(path.name for path in directory.glob("*.yaml"))
+    await tax_runtime.reload()
+    assert swept == [directory]
+
+
+async def test_a_linked_contract_file_is_checked_at_every_reload(
+    tax_runtime: Runtime, tmp_path: Path
+) -> None:
+    """A contract file that is a symbolic link: its target's change is found, with no event."""
+    directory = tax_runtime.settings.contracts.dir
+    before = set(tax_runtime.contracts.current.ids())
+    link = sorted(directory.glob("*.yaml"))[0]
+    target = tmp_path / "kept-elsewhere.yaml"
+    link.rename(target)
+    link.symlink_to(target)
+    await tax_runtime.reload()
+    assert set(tax_runtime.contracts.current.ids()) == before
+    assert tax_runtime.contracts.problems == ()
+    target.write_text("id: [\n", encoding="utf-8")  # outside the watched folder
+    await tax_runtime.reload()
+    assert any(link.name in problem for problem in tax_runtime.contracts.problems)
 
 
 async def test_serial_change_with_a_bad_file_still_drops_untrusted_signers(

@@ -205,9 +205,10 @@ async def test_two_workers_one_port_one_log(tmp_path: Path) -> None:
             sender.token = await sender.peer.token(session)
         state_file = config.parent / "audit-state.db"
         assert state_file.exists(), "the shared replay window is beside the audit store"
-        assert all(
-            event["state"] == f"sqlite:{state_file}" for event in events(log, "gateway_started")
-        )
+        started = events(log, "gateway_started")
+        assert all(event["state"] == f"sqlite:{state_file}" for event in started)
+        # Each worker is told of contract changes by its own watch.
+        assert [event["contract_changes"] for event in started] == ["kernel", "kernel"]
 
         # 1. Requests on fresh connections are answered by both workers.
         served: dict[int, int] = {}

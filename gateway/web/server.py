@@ -118,6 +118,8 @@ async def serve(
             listen=listen,
             public_url=str(settings.public_url),
             contracts=len(runtime.contracts.current),
+            # "kernel": inotify reports changes; "polling": every file stat-ed each reload.
+            contract_changes="kernel" if runtime.contracts.watch.kernel_told else "polling",
             registry_serial=runtime.trusted().serial,
             state="memory" if runtime.state is None else runtime.state.description,
             event_loop=type(loop).__module__.partition(".")[0],
