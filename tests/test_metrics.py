@@ -574,7 +574,7 @@ async def quiet(tmp_path: Path) -> AsyncIterator[tuple[Runtime, FakeClock]]:
     clock = FakeClock(float(int(time.time())))
     runtime = await build_runtime(load_settings(tmp_path / TAX / "gateway.yaml"), clock)
     yield runtime, clock
-    await runtime.audit.close()
+    await runtime.close()
 
 
 def _sample(runtime: Runtime, name: str, **labels: str) -> float | None:

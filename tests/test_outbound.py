@@ -425,7 +425,7 @@ class TestProviderRefusals:
                 )
             )
         finally:
-            await runtime.audit.close()
+            await runtime.close()
         assert spoiler.statuses == [401, 200], "one refusal, then one renewed try"
         assert result.status == 200
         assert json.loads(result.body.encoded)["national_id"] == subject

@@ -112,7 +112,7 @@ async def gateway_in_process(directory: Path, agency: str = TAX) -> AsyncIterato
             yield Gateway(runtime=runtime, url=url, net=net, clock=clock, session=session)
     finally:
         await server.close()
-        await runtime.audit.close()
+        await runtime.close()
 
 
 @pytest.fixture

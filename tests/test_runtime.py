@@ -41,7 +41,7 @@ async def tax_runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
     build_network(tmp_path, 30000, datetime.now(UTC))
     runtime = await build_runtime(load_settings(tmp_path / TAX / "gateway.yaml"))
     yield runtime
-    await runtime.audit.close()
+    await runtime.close()
 
 
 def _failures(runtime: Runtime, source: str) -> float:
@@ -323,4 +323,4 @@ async def test_token_refused_by_full_replay_cache_is_audited(tmp_path: Path) -> 
             == 1
         )
     finally:
-        await runtime.audit.close()
+        await runtime.close()
