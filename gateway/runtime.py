@@ -121,7 +121,10 @@ class Runtime:
         return int(self.clock())
 
     async def close(self) -> None:
-        """Close the audit log (which signs a final checkpoint) and the shared state store."""
+        """Close the contracts folder's watch, the audit log and the shared state store.
+
+        The audit log signs a final checkpoint as it closes.
+        """
         self.contracts.watch.close()
         try:
             await self.audit.close()
