@@ -113,7 +113,6 @@ class DirectoryWatch:
         trusted: frozenset[str] = LOCAL_FILESYSTEMS,
     ) -> None:
         """Watch ``directory`` where it is on a file system in ``trusted``."""
-        self.directory = directory
         self.full_sweep_seconds = full_sweep_seconds
         self._clock = clock
         self._lock = threading.Lock()

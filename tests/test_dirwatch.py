@@ -66,6 +66,13 @@ def test_network_file_systems_are_not_trusted() -> None:
     assert not {"nfs", "nfs4", "cifs", "smb3", "fuse", "9p"} & LOCAL_FILESYSTEMS
 
 
+def _assert_sweeps_every_time(watch: DirectoryWatch) -> None:
+    """No kernel watch: a sweep is due even right after one."""
+    assert not watch.kernel_told
+    watch.swept(linked=False)
+    assert watch.sweep_due()
+
+
 @pytest.fixture
 def watched(tmp_path: Path) -> tuple[Path, DirectoryWatch, FakeClock]:
     """A folder with one file, its watch after a first sweep, and the watch's clock."""
@@ -171,9 +178,7 @@ def test_a_removed_folder_ends_the_watch(
     (folder / "a.yaml").unlink()
     folder.rmdir()
     assert watch.sweep_due()
-    assert not watch.kernel_told
-    watch.swept(linked=False)
-    assert watch.sweep_due()
+    _assert_sweeps_every_time(watch)
 
 
 @linux_only
@@ -188,17 +193,13 @@ def test_an_overflowed_queue_ends_the_watch(
         # Alternating files: the kernel merges an event equal to the one before it.
         os.utime(folder / ("a.yaml" if number % 2 else "b.yaml"), ns=(number, number))
     assert watch.sweep_due()
-    assert not watch.kernel_told
-    watch.swept(linked=False)
-    assert watch.sweep_due()
+    _assert_sweeps_every_time(watch)
 
 
 def test_an_untrusted_file_system_is_swept_every_time(tmp_path: Path) -> None:
     """Where the file system is not trusted there is no watch, and every reload sweeps."""
     watch = DirectoryWatch(tmp_path, trusted=frozenset())
-    assert not watch.kernel_told
-    watch.swept(linked=False)
-    assert watch.sweep_due()
+    _assert_sweeps_every_time(watch)
 
 
 @linux_only
@@ -209,17 +210,13 @@ def test_a_folder_reached_through_a_link_is_swept_every_time(tmp_path: Path) -> 
     (tmp_path / "contracts").symlink_to(release)
     assert DirectoryWatch(release).kernel_told
     watch = DirectoryWatch(tmp_path / "contracts")
-    assert not watch.kernel_told
-    watch.swept(linked=False)
-    assert watch.sweep_due()
+    _assert_sweeps_every_time(watch)
 
 
 def test_a_missing_folder_is_swept_every_time(tmp_path: Path) -> None:
     """A folder that does not exist yet: no watch (the loader reports the folder)."""
     watch = DirectoryWatch(tmp_path / "missing")
-    assert not watch.kernel_told
-    watch.swept(linked=False)
-    assert watch.sweep_due()
+    _assert_sweeps_every_time(watch)
 
 
 @linux_only
@@ -231,5 +228,4 @@ def test_close_from_another_thread_stops_the_watch(
     closer = threading.Thread(target=lambda: (watch.close(), watch.close()))
     closer.start()
     closer.join()
-    assert not watch.kernel_told
-    assert watch.sweep_due()
+    _assert_sweeps_every_time(watch)
