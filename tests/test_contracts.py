@@ -22,6 +22,7 @@ from gateway.contracts import (
     ContractProblem,
     ContractSet,
     canonical_bytes,
+    check_contract_bytes,
     check_contract_file,
     contract_json_schema,
     contract_schema_text,
@@ -155,6 +156,37 @@ class TestModel:
         assert item.legal_basis("marketing") is None
         assert item.field_filter is item.field_filter
         assert item.field_filter == FieldFilter.compile(item.fields)
+
+    def test_contracts_share_what_they_repeat(self) -> None:
+        """Parsed contracts hold one copy of repeated text and of each set of given fields.
+
+        A gateway may hold 10,000 contracts; the memory a contract takes is most
+        of what they cost it. Sharing must not change what any contract says.
+        """
+        texts = [
+            yaml.safe_dump(document(id=f"contract-{n}", valid_from="2026-01-01T00:00:00Z"))
+            for n in (1, 2)
+        ]
+        first, second = (check_contract_bytes("c.yaml", text.encode())[0] for text in texts)
+        assert first is not None
+        assert second is not None
+        assert first.id != second.id
+        for name in ("provider", "consumer", "service", "subject_field"):
+            assert getattr(first, name) is getattr(second, name), name
+        assert all(a is b for a, b in zip(first.fields, second.fields, strict=True))
+        assert first.purposes[0].id is second.purposes[0].id
+        assert first.purposes[0].legal_basis is second.purposes[0].legal_basis
+        assert first.model_fields_set is second.model_fields_set
+        assert first.rate_limit.model_fields_set is second.rate_limit.model_fields_set
+
+        assert first.model_fields_set == set(document())
+
+        fewer, fewer_too = (contract(id=name, status=...) for name in ("one-fewer", "two-fewer"))
+        assert fewer.model_fields_set is fewer_too.model_fields_set
+        assert fewer.model_fields_set == set(document()) - {"status"}
+        changed = fewer.model_copy(update={"status": "revoked"})
+        assert "status" in changed.model_fields_set
+        assert "status" not in fewer_too.model_fields_set
 
     @pytest.mark.parametrize(
         ("now", "reason"),
