@@ -42,7 +42,7 @@ unit: $(STAMP)
 
 ## bench: the exchange benchmark: direct (A), two plain proxies (B), two gateways (C) and the
 ## crypto floor (F) under wrk, then scaling curves; headline ratios in bench/results/latest.json
-## (about 11 minutes on 2 cores; BENCH_ARGS=--quick for about 3; bench/install-wrk.sh installs
+## (12-14 minutes on 2 cores; BENCH_ARGS=--quick for about 3; bench/install-wrk.sh installs
 ## Debian's wrk where it is missing; see bench/README.md and docs/performance.md)
 WRK ?= wrk
 bench: $(STAMP)
