@@ -219,7 +219,7 @@ def ensure_contract_set(network: BenchNetwork, count: int, now: datetime) -> flo
     missing = [n for n in range(1, count) if not (pool / f"{_filler_id(n)}.yaml").exists()]
     if missing:
         # Nothing else runs while the set is made: one signer per core (10,000
-        # fillers take 10-18 s of CPU, four signatures' worth of work each).
+        # fillers, each signed by both parties, take 10-18 s of CPU on one).
         workers = min(os.cpu_count() or 1, len(missing))
         shares = [missing[at::workers] for at in range(workers)]
         with ProcessPoolExecutor(workers) as executor:
