@@ -20,7 +20,7 @@ import json
 import re
 import sys
 import threading
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -530,13 +530,21 @@ def load_contract_dir(directory: Path, signing_keys_of: SigningKeysOf, now: int)
     return ContractDirLoader(directory).load(signing_keys_of, now)
 
 
-_NOT_VERIFIED: Final = object()
+# The keys a signature check depended on: each party's keys, by (kid, use). A kid is
+# the key's RFC 7638 thumbprint (gateway.keys), so equal kids are the same key.
+_PartyKeys = tuple[tuple[tuple[str, str], ...], ...]
+
+
+def _party_keys(contract: Contract, signing_keys_of: SigningKeysOf) -> _PartyKeys:
+    return tuple(
+        tuple((key.kid, key.use) for key in signing_keys_of(agency)) for agency in contract.parties
+    )
 
 
 class _ParsedFile:
     """One version of one file: its digest, what it parsed to, and its last signature check."""
 
-    __slots__ = ("contract", "digest", "keys_version", "problems", "refusals")
+    __slots__ = ("checked_under", "contract", "digest", "problems", "refusals")
 
     def __init__(
         self, digest: bytes, contract: Contract | None, problems: tuple[ContractProblem, ...]
@@ -544,8 +552,8 @@ class _ParsedFile:
         self.digest = digest
         self.contract = contract
         self.problems = problems
-        # The signature check of ``contract`` under the signing keys called ``keys_version``.
-        self.keys_version: object = _NOT_VERIFIED
+        # The signature check of ``contract``, and the parties' keys it was made under.
+        self.checked_under: _PartyKeys | None = None
         self.refusals: tuple[str, ...] = ()
 
 
@@ -557,10 +565,10 @@ class ContractDirLoader:
     every time, but it is parsed and validated only when its bytes differ
     from the last load (compared by SHA-256, so a rewrite that keeps the
     size and modification time is still seen), and its signatures are
-    checked again only when its bytes or the signing keys changed. The keys
-    are known by ``keys_version`` (the trust registry's serial: a registry of
-    the same serial has the same content); with none, nothing is reused
-    between loads.
+    checked again only when its bytes changed or ``signing_keys_of`` gives
+    either party other keys than at the last check. A new trust registry
+    that keeps the parties' keys (another agency added, a later expiry)
+    costs no signature check.
 
     One load runs at a time (a lock), so a loader may be used from a worker
     thread. Its cache holds one entry per file of the last load; what it
@@ -585,29 +593,22 @@ class ContractDirLoader:
         """Check one contract's signatures (:func:`verify_signatures`); the only place it does."""
         return verify_signatures(contract, signing_keys_of)
 
-    def load(
-        self, signing_keys_of: SigningKeysOf, now: int, *, keys_version: Hashable | None = None
-    ) -> ContractLoad:
+    def load(self, signing_keys_of: SigningKeysOf, now: int) -> ContractLoad:
         """Load the directory as :func:`load_contract_dir` does, reusing unchanged work.
 
-        ``keys_version`` names the keys ``signing_keys_of`` returns: signature
-        checks made under the same version are reused. ``SetupError`` when
-        the directory cannot be listed.
+        ``SetupError`` when the directory cannot be listed.
         """
         with self._lock:
-            return self._load(signing_keys_of, now, keys_version)
+            return self._load(signing_keys_of, now)
 
     def verified(
-        self,
-        contracts: Iterable[Contract],
-        signing_keys_of: SigningKeysOf,
-        *,
-        keys_version: Hashable | None = None,
+        self, contracts: Iterable[Contract], signing_keys_of: SigningKeysOf
     ) -> ContractSet:
         """The ``contracts`` whose signatures verify, reusing the checks of the last load.
 
         A contract that came from this loader's last load is not checked
-        again under the same ``keys_version``; any other is checked now.
+        again while its parties' keys are those it was checked under; any
+        other is checked now.
         """
         with self._lock:
             by_object = {id(f.contract): f for f in self._files.values() if f.contract is not None}
@@ -615,16 +616,14 @@ class ContractDirLoader:
             for contract in contracts:
                 parsed = by_object.get(id(contract))
                 if parsed is not None and parsed.contract is contract:
-                    refused = self._refusals(parsed, contract, signing_keys_of, keys_version)
+                    refused = self._refusals(parsed, contract, signing_keys_of)
                 else:
                     refused = tuple(self.verify(contract, signing_keys_of))
                 if not refused:
                     kept.append(contract)
             return ContractSet.of(kept)
 
-    def _load(
-        self, signing_keys_of: SigningKeysOf, now: int, keys_version: Hashable | None
-    ) -> ContractLoad:
+    def _load(self, signing_keys_of: SigningKeysOf, now: int) -> ContractLoad:
         directory = self.directory
         try:
             paths = sorted(
@@ -665,7 +664,7 @@ class ContractDirLoader:
                 reason = f"contract id {contract.id!r} is also declared in {', '.join(others)}"
                 problems.append(ContractProblem(source, "id", reason + "; neither file is loaded"))
                 continue
-            refused = self._refusals(entry, contract, signing_keys_of, keys_version)
+            refused = self._refusals(entry, contract, signing_keys_of)
             problems.extend(ContractProblem(source, "signatures", reason) for reason in refused)
             if not refused:
                 kept.append(contract)
@@ -677,18 +676,14 @@ class ContractDirLoader:
         )
 
     def _refusals(
-        self,
-        entry: _ParsedFile,
-        contract: Contract,
-        signing_keys_of: SigningKeysOf,
-        keys_version: Hashable | None,
+        self, entry: _ParsedFile, contract: Contract, signing_keys_of: SigningKeysOf
     ) -> tuple[str, ...]:
-        if keys_version is not None and entry.keys_version == keys_version:
-            return entry.refusals
-        refusals = tuple(self.verify(contract, signing_keys_of))
-        if keys_version is not None:
-            entry.keys_version, entry.refusals = keys_version, refusals
-        return refusals
+        # A check depends only on the contract's bytes and its parties' keys.
+        party_keys = _party_keys(contract, signing_keys_of)
+        if entry.checked_under != party_keys:
+            entry.refusals = tuple(self.verify(contract, signing_keys_of))
+            entry.checked_under = party_keys
+        return entry.refusals
 
 
 def contract_json_schema() -> dict[str, Any]:

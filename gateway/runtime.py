@@ -178,16 +178,14 @@ class Runtime:
         if stamp == state.stamp and serial == state.registry_serial:
             state.watch.swept(linked=linked)
             return None
-        loaded = state.loader.load(registry.signing_keys, now, keys_version=serial)
+        loaded = state.loader.load(registry.signing_keys, now)
         problems = tuple(str(problem) for problem in loaded.problems)
         survivors = None
         if problems and serial != state.registry_serial:
             # A half-edited or bad file must not change what is enforced, but a
             # contract whose signer the registry no longer trusts leaves force now.
             # (Under an unchanged serial every contract in force still verifies.)
-            survivors = state.loader.verified(
-                state.current, registry.signing_keys, keys_version=serial
-            )
+            survivors = state.loader.verified(state.current, registry.signing_keys)
         # Only now: a load that raised is tried again at the next reload.
         state.watch.swept(linked=linked)
         return _ContractReload(stamp, serial, loaded, problems, survivors)
@@ -271,7 +269,7 @@ async def build_runtime(
     watch = DirectoryWatch(settings.contracts.dir)
     stamp, linked = _dir_stamp(settings.contracts.dir)
     serial = registry.current.serial
-    loaded = loader.load(registry.current.signing_keys, now, keys_version=serial)
+    loaded = loader.load(registry.current.signing_keys, now)
     for problem in loaded.problems:
         log.warning("contract_refused", problem=str(problem))
     watch.swept(linked=linked)

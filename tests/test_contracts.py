@@ -732,17 +732,17 @@ class TestDirLoader:
         for name in ("aa", "bb", "cc"):
             write(tmp_path, f"{name}.yaml", signed(keys, contract(id=name)))
         loader = CountingLoader(tmp_path)
-        first = loader.load(registry, IN_2026, keys_version=1)
+        first = loader.load(registry, IN_2026)
         assert loader.done() == (["aa.yaml", "bb.yaml", "cc.yaml"], ["aa", "bb", "cc"])
         assert first == load_contract_dir(tmp_path, registry, IN_2026)
-        again = loader.load(registry, IN_2026, keys_version=1)
+        again = loader.load(registry, IN_2026)
         assert loader.done() == ([], [])
         assert again == first
         assert [again.contracts.get(i) is first.contracts.get(i) for i in ("aa", "bb", "cc")] == [
             True
         ] * 3
         write(tmp_path, "bb.yaml", signed(keys, contract(id="bb", version=4)))
-        edited = loader.load(registry, IN_2026, keys_version=1)
+        edited = loader.load(registry, IN_2026)
         assert loader.done() == (["bb.yaml"], ["bb"])
         assert edited == load_contract_dir(tmp_path, registry, IN_2026)
         assert edited.contracts.get("bb") == signed(keys, contract(id="bb", version=4))
@@ -753,7 +753,7 @@ class TestDirLoader:
         """Files are compared by content, not by (mtime, size), which a quick rewrite can keep."""
         path = write(tmp_path, "c.yaml", signed(keys, contract(version=3)))
         loader = CountingLoader(tmp_path)
-        loader.load(registry, IN_2026, keys_version=1)
+        loader.load(registry, IN_2026)
         loader.done()
         before = path.stat()
         write(tmp_path, "c.yaml", signed(keys, contract(version=4)))
@@ -762,37 +762,57 @@ class TestDirLoader:
             before.st_size,
             before.st_mtime_ns,
         )
-        loaded = loader.load(registry, IN_2026, keys_version=1)
+        loaded = loader.load(registry, IN_2026)
         assert loader.done() == (["c.yaml"], ["benefits-income-2026"])
         found = loaded.contracts.get("benefits-income-2026")
         assert found is not None
         assert found.version == 4
 
-    def test_signatures_are_checked_again_under_new_keys(
+    def test_signatures_are_checked_again_when_a_partys_keys_change(
         self, tmp_path: Path, keys: Any, registry: SigningKeysOf
     ) -> None:
-        """A new keys version (registry serial) re-verifies every file without re-parsing it."""
+        """Checks are reused while the parties' keys stay; a changed key re-checks its contracts.
+
+        A new trust registry that keeps the keys (another agency, a later
+        expiry) costs nothing; one that changes an agency's keys re-checks
+        exactly the contracts that agency is a party to, without parsing.
+        """
         write(tmp_path, "aa.yaml", signed(keys, contract(id="aa")))
         write(tmp_path, "bb.yaml", signed(keys, contract(id="bb")))
+        stranger = sign_contract(
+            sign_contract(contract(id="cc", consumer=STRANGER), PROVIDER, keys[PROVIDER]),
+            STRANGER,
+            keys[STRANGER],
+        )
+        write(tmp_path, "cc.yaml", stranger)
         loader = CountingLoader(tmp_path)
-        loader.load(registry, IN_2026, keys_version=1)
+        loader.load(registry, IN_2026)
         loader.done()
-        assert loader.load(registry, IN_2026, keys_version=2).contracts.ids() == ("aa", "bb")
+        # The same keys from another callable (a new registry object): nothing to check.
+        same_keys = {agency: registry(agency) for agency in (PROVIDER, CONSUMER, STRANGER)}
+        again = loader.load(lambda agency: same_keys.get(agency, ()), IN_2026)
+        assert again.contracts.ids() == ("aa", "bb", "cc")
+        assert loader.done() == ([], [])
+        # The consumer's key rotated: its two contracts are checked, and refused.
+        rotated_key = generate_private_keys()[0].public
+        rotated = {**same_keys, CONSUMER: (rotated_key,)}
+        refused = loader.load(lambda agency: rotated.get(agency, ()), IN_2026)
         assert loader.done() == ([], ["aa", "bb"])
-        # The registry of serial 3 no longer trusts the consumer's key: both are refused.
-        untrusted = distrusting(registry, CONSUMER)
-        refused = loader.load(untrusted, IN_2026, keys_version=3)
-        assert loader.done() == ([], ["aa", "bb"])
-        assert refused == load_contract_dir(tmp_path, untrusted, IN_2026)
-        assert refused.contracts.ids() == ()
+        assert refused == load_contract_dir(
+            tmp_path, lambda agency: rotated.get(agency, ()), IN_2026
+        )
+        assert refused.contracts.ids() == ("cc",)
         assert {(Path(p.source).name, p.field) for p in refused.problems} == {
             ("aa.yaml", "signatures"),
             ("bb.yaml", "signatures"),
         }
-        # Without a keys version nothing is reused between loads.
-        loader.load(untrusted, IN_2026)
-        loader.load(untrusted, IN_2026)
-        assert loader.done() == ([], ["aa", "aa", "bb", "bb"])
+        # The consumer no longer trusted at all (no keys): checked again, still refused.
+        distrusted = distrusting(registry, CONSUMER)
+        assert loader.load(distrusted, IN_2026).contracts.ids() == ("cc",)
+        assert loader.done() == ([], ["aa", "bb"])
+        # Back to the first keys: checked again and accepted.
+        assert loader.load(registry, IN_2026).contracts.ids() == ("aa", "bb", "cc")
+        assert loader.done() == ([], ["aa", "bb"])
 
     def test_every_step_gives_what_a_full_load_gives(
         self, tmp_path: Path, keys: Any, registry: SigningKeysOf
@@ -801,7 +821,7 @@ class TestDirLoader:
         loader = CountingLoader(tmp_path)
 
         def step() -> Any:
-            loaded = loader.load(registry, IN_2026, keys_version=1)
+            loaded = loader.load(registry, IN_2026)
             assert loaded == load_contract_dir(tmp_path, registry, IN_2026)
             return loaded
 
@@ -849,17 +869,17 @@ class TestDirLoader:
     def test_verified_reuses_the_checks_of_the_last_load(
         self, tmp_path: Path, keys: Any, registry: SigningKeysOf
     ) -> None:
-        """Contracts from the last load are not checked again under the same keys version."""
+        """Contracts from the last load are not checked again under the same parties' keys."""
         write(tmp_path, "aa.yaml", signed(keys, contract(id="aa")))
         loader = CountingLoader(tmp_path)
-        in_force = loader.load(registry, IN_2026, keys_version=1).contracts
+        in_force = loader.load(registry, IN_2026).contracts
         elsewhere = signed(keys, contract(id="elsewhere"))
         loader.done()
-        kept = loader.verified([*in_force, elsewhere], registry, keys_version=1)
+        kept = loader.verified([*in_force, elsewhere], registry)
         assert kept.ids() == ("aa", "elsewhere")
         assert loader.done() == ([], ["elsewhere"])
         untrusted = distrusting(registry, PROVIDER)
-        assert loader.verified(in_force, untrusted, keys_version=2).ids() == ()
+        assert loader.verified(in_force, untrusted).ids() == ()
         assert loader.done() == ([], ["aa"])
 
 

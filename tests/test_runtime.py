@@ -119,7 +119,7 @@ def _edit(path: Path, comment: str) -> None:
 
 
 async def test_reload_parses_only_changed_files(tax_runtime: Runtime) -> None:
-    """Only a changed file is parsed again; a new registry serial re-verifies without parsing."""
+    """Only a changed file is parsed again; a new registry serial keeping the keys checks none."""
     directory = tax_runtime.settings.contracts.dir
     names = sorted(path.name for path in directory.glob("*.yaml"))
     ids = set(tax_runtime.contracts.current.ids())
@@ -136,7 +136,8 @@ async def test_reload_parses_only_changed_files(tax_runtime: Runtime) -> None:
     _republish_registry(tax_runtime, serial=2)
     await tax_runtime.reload()
     assert tax_runtime.trusted().serial == 2
-    assert loader.done() == ([], sorted(ids))
+    # Read again (the serial changed), but the parties' keys did not: no signature check.
+    assert loader.done() == ([], [])
     assert set(tax_runtime.contracts.current.ids()) == ids
     assert (tax_runtime.contracts.problems, _failures(tax_runtime, "contracts")) == ((), 0)
 
