@@ -149,6 +149,11 @@ REPLAY_WINDOW: Final = MESSAGE_LIFETIME + CLOCK_SKEW_SECONDS
 # (it then forgets ids as fast as it learns them), 30 s after that; RSS is read every 10 s.
 SOAK_WARMUP: Final = REPLAY_WINDOW + 30.0
 SOAK_SAMPLE_EVERY: Final = 10.0
+# What the soak reads from the provider's metrics beside each RSS sample.
+PROVIDER_SAMPLES: Final = {
+    "provider_replay_ids": "gateway_replay_cache_entries",
+    "provider_exchanges": "gateway_exchanges_total",
+}
 # The side-by-side lanes of the contracts and audit curves: lane N's network at the port
 # base + N x this (a network uses base+1..+22).
 LANE_PORT_STEP: Final = 30
@@ -1006,11 +1011,19 @@ def part_connections(bench: Bench) -> dict[str, Any]:
 
 @dataclass
 class RssSampler:
-    """A load that reads some servers' resident memory every ``every`` seconds of each run."""
+    """A load that reads some servers' resident memory every ``every`` seconds of each run.
+
+    With ``provider_metrics`` (the provider's ``/metrics`` URL), each sample
+    also holds the provider's replay window (ids remembered) and its count of
+    exchanges: a step in its RSS can then be told apart from a rate that rose
+    (the window holds what the last 150 s brought, and the allocator keeps its
+    largest size).
+    """
 
     load: Load
     servers: dict[str, Server]  # the bench's, looked up at each sample (restarts replace them)
     names: tuple[str, ...]
+    provider_metrics: str | None = None
     every: float = SOAK_SAMPLE_EVERY
     samples: list[dict[str, float]] = field(default_factory=list)  # of the last run
 
@@ -1038,6 +1051,12 @@ class RssSampler:
         sample = {"at_s": round(at, 1)}
         for name in self.names:
             sample[name] = self.servers[name].memory()["rss_sum_mb"]
+        if self.provider_metrics is not None:
+            found = scrape(self.provider_metrics)
+            # Empty when the scrape failed: left out, not read as 0. (A labelled
+            # counter has no series before its first exchange: that is a 0.)
+            for key, metric in PROVIDER_SAMPLES.items() if found else ():
+                sample[key] = sum(value for (name, _), value in found.items() if name == metric)
         self.samples.append(sample)
 
     def growth(self) -> dict[str, dict[str, Any]]:
@@ -1079,6 +1098,7 @@ def part_soak(bench: Bench) -> dict[str, Any]:
         bench.post_load("C", settings.concurrency, settings.payload),
         bench.servers,
         (*GATEWAYS.values(), "backend"),
+        provider_metrics=f"http://127.0.0.1:{bench.network.gateway_port(PROVIDER)}/metrics",
     )
     result = _measure_fresh(
         bench,

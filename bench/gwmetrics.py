@@ -27,6 +27,10 @@ _WANTED: Final = (
     "gateway_audit_append_duration_seconds_sum",
     "gateway_audit_append_duration_seconds_count",
     "gateway_token_cache_total",
+    # Read during the soak, beside each RSS sample: how full the replay window is, and how
+    # many exchanges ended (their rate over each interval).
+    "gateway_replay_cache_entries",
+    "gateway_exchanges_total",
 )
 
 Samples = dict[tuple[str, str], float]

@@ -697,10 +697,14 @@ def _print_soak(result: dict[str, Any] | None) -> None:
         f"\nSoak: C at c={result['connections']} for {result['seconds']:.0f} s,"
         f" {result['throughput_rps']} req/s; RSS (MB) every {result['rss_sample_every_s']:.0f} s"
     )
+    samples = result["rss_samples"]
     _say(
         table(
-            ("at s", *names),
-            [[f"{s['at_s']:.0f}", *(s[n] for n in names)] for s in result["rss_samples"]],
+            ("at s", *names, "provider replay ids", "provider exchanges/s"),
+            [
+                [f"{s['at_s']:.0f}", *(s[n] for n in names), *_provider_columns(s, before)]
+                for s, before in zip(samples, [None, *samples], strict=False)
+            ],
         )
     )
     fresh = result.get("rss_fresh_mb", {})
@@ -716,6 +720,18 @@ def _print_soak(result: dict[str, Any] | None) -> None:
             f" per 10 min, max {growth['max_mb']} MB{warmup}"
         )
     _say(f"  busy {result['machine_busy_share']}, other {result['other_cores_busy']} cores")
+
+
+def _provider_columns(sample: dict[str, float], before: dict[str, float] | None) -> tuple[str, str]:
+    """The provider's replay window and the exchange rate since the sample ``before``."""
+    ids = sample.get("provider_replay_ids")
+    rate = ""
+    if before is not None and "provider_exchanges" in sample and "provider_exchanges" in before:
+        seconds = sample["at_s"] - before["at_s"]
+        if seconds >= 1:  # not between the last sample and the one at the run's end
+            done = sample["provider_exchanges"] - before["provider_exchanges"]
+            rate = f"{done / seconds:.0f}"
+    return ("" if ids is None else f"{ids:,.0f}", rate)
 
 
 def write_results(results: dict[str, Any], output: Path) -> tuple[Path, Path]:
