@@ -39,6 +39,7 @@ from gateway.errors import (
 from gateway.inbound import audit_refusal, elapsed_us, write_audit
 from gateway.jose import strict_json_object_taken
 from gateway.metrics import OK, Phases
+from gateway.observability import get_logger
 from gateway.runtime import Runtime
 from gateway.tokens import (
     CLIENT_ASSERTION_TYPE,
@@ -48,8 +49,12 @@ from gateway.tokens import (
 )
 from gateway.tracing import outgoing_headers
 
-# Renew a cached token this long before it expires, so no request races its expiry.
+# A cached token is not sent with less than this left, so no request races its expiry.
 TOKEN_RENEW_MARGIN_SECONDS: Final = 30
+# From this much left, a new token is asked for in the background while requests go on
+# with the cached one. Were they to wait for it instead, every request in flight would
+# stall for a token round trip each renewal, then reach the provider all at once.
+TOKEN_RENEW_AHEAD_SECONDS: Final = 60
 
 # A peer's answer larger than this is refused rather than buffered.
 MAX_PEER_RESPONSE_BYTES: Final = 32 * 1024 * 1024
@@ -151,6 +156,15 @@ class Consumer:
     transport: PeerTransport
     _tokens: dict[tuple[str, str, str], CachedToken] = field(default_factory=dict)
     _token_locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
+    # The token each key's last background renewal set out to replace: one try per token.
+    _renewing: dict[tuple[str, str, str], CachedToken] = field(default_factory=dict)
+    _renewals: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def close(self) -> None:
+        """Stop background token renewals (the gateway is shutting down)."""
+        for task in self._renewals:
+            task.cancel()
+        await asyncio.gather(*self._renewals, return_exceptions=True)
 
     async def exchange(
         self, call: ClientRequest, members: dict[str, Any] | None = None
@@ -350,18 +364,67 @@ class Consumer:
         self, provider_url: str, provider: str, grant: RequestedGrant, phases: Phases
     ) -> str:
         key = (provider, grant.contract, grant.purpose)
-        lock = self._token_locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        now = self.runtime.now()
+        cached = self._tokens.get(key)
+        hit = cached is not None and cached.expires_at - TOKEN_RENEW_MARGIN_SECONDS > now
+        self.runtime.metrics.token_cache_lookup(hit=hit)
+        if cached is not None and hit:
+            if cached.expires_at - TOKEN_RENEW_AHEAD_SECONDS <= now:
+                self._renew_in_background(key, cached, provider_url, grant)
+            return cached.compact
+        async with self._token_locks.setdefault(key, asyncio.Lock()):
+            # Another request (or a renewal) may have fetched one while we waited.
             cached = self._tokens.get(key)
-            hit = cached is not None and (
-                cached.expires_at - TOKEN_RENEW_MARGIN_SECONDS > self.runtime.now()
-            )
-            self.runtime.metrics.token_cache_lookup(hit=hit)
-            if cached and hit:
+            if cached is not None and cached.expires_at - TOKEN_RENEW_MARGIN_SECONDS > (
+                self.runtime.now()
+            ):
                 return cached.compact
             fresh = await self._request_token(provider_url, provider, grant, phases)
             self._tokens[key] = fresh
             return fresh.compact
+
+    def _renew_in_background(
+        self,
+        key: tuple[str, str, str],
+        cached: CachedToken,
+        provider_url: str,
+        grant: RequestedGrant,
+    ) -> None:
+        """Ask for the successor of ``cached`` once, unless that was done already.
+
+        A failed renewal is not tried again for the same token: the provider
+        is not asked on every request. Once the token is too close to its
+        expiry to send, requests fetch a new one themselves and see why not.
+        """
+        if self._renewing.get(key) is cached:
+            return
+        self._renewing[key] = cached
+        task = asyncio.create_task(self._renew(key, provider_url, grant))
+        self._renewals.add(task)
+        task.add_done_callback(self._renewals.discard)
+
+    async def _renew(
+        self, key: tuple[str, str, str], provider_url: str, grant: RequestedGrant
+    ) -> None:
+        provider = key[0]
+        async with self._token_locks.setdefault(key, asyncio.Lock()):
+            cached = self._tokens.get(key)
+            if cached is not None and cached.expires_at - TOKEN_RENEW_AHEAD_SECONDS > (
+                self.runtime.now()
+            ):
+                return  # a request fetched one meanwhile (the old one was refused)
+            try:
+                # Its phases are no request's: nobody waits for this token.
+                self._tokens[key] = await self._request_token(
+                    provider_url, provider, grant, Phases()
+                )
+            except ProblemError as exc:
+                get_logger(agency=self.runtime.agency, component="outbound").warning(
+                    "token_renewal_failed",
+                    provider=provider,
+                    contract=grant.contract,
+                    problem=exc.problem,
+                )
 
     async def _request_token(
         self, provider_url: str, provider: str, grant: RequestedGrant, phases: Phases

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import socket
 import threading
 from collections.abc import Iterator
@@ -123,6 +124,20 @@ def live_network(directory: Path) -> Iterator[LiveNetwork]:
         loop.close()
         if failure:
             raise failure[0]
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    """Log lines (info and up, JSON) written while the test runs.
+
+    Ask for it after any live network fixture: starting one sets logging up again.
+    """
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    try:
+        yield stream
+    finally:
+        configure_logging("warning", "json")
 
 
 @pytest.fixture(scope="session")

@@ -270,17 +270,6 @@ class TestNoPersonalData:
 # -- failures no audit record can describe -------------------------------------------
 
 
-@pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    """Log lines (info and up, JSON) written while the test runs."""
-    stream = io.StringIO()
-    configure_logging("info", "json", stream)
-    try:
-        yield stream
-    finally:
-        configure_logging("warning", "json")
-
-
 def _events(stream: io.StringIO) -> list[dict[str, Any]]:
     return [
         line

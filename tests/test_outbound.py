@@ -8,6 +8,8 @@ the provider's, passed through).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -28,6 +30,7 @@ from gateway.demo.network import (
     TAX,
     TAX_CONTRACT,
 )
+from gateway.errors import UpstreamUnreachable
 from gateway.outbound import ClientRequest, Consumer, HttpPeerTransport
 from gateway.runtime import build_runtime
 from tests.conftest import LiveNetwork
@@ -413,17 +416,7 @@ class TestProviderRefusals:
         spoiler = _TokenSpoiler(HttpPeerTransport(session, timeout=10))
         subject = net.demo["subjects"][0]
         try:
-            result = await Consumer(runtime, spoiler).exchange(
-                ClientRequest(
-                    api_key=client_key(net),
-                    provider=TAX,
-                    service="income-records",
-                    purpose=PURPOSE,
-                    contract=None,
-                    end_user=END_USER,
-                    body=HandedBody(json.dumps({"national_id": subject, "year": 2025}).encode()),
-                )
-            )
+            result = await Consumer(runtime, spoiler).exchange(income_request(net, subject))
         finally:
             await runtime.close()
         assert spoiler.statuses == [401, 200], "one refusal, then one renewed try"
@@ -439,6 +432,19 @@ class TestProviderRefusals:
         """Over 1 MiB: 413 payload-too-large, audited like every refusal."""
         body = b'{"national_id": "' + b"3" * MIB + b'"}'
         assert_problem(await exchange(session, network, body), "payload-too-large", 413)
+
+
+def income_request(net: LiveNetwork, subject: str) -> ClientRequest:
+    """A caseworker's request for ``subject``'s income, as the consumer's handler passes it on."""
+    return ClientRequest(
+        api_key=client_key(net),
+        provider=TAX,
+        service="income-records",
+        purpose=PURPOSE,
+        contract=None,
+        end_user=END_USER,
+        body=HandedBody(json.dumps({"national_id": subject, "year": 2025}).encode()),
+    )
 
 
 class _TokenSpoiler:
@@ -500,3 +506,127 @@ class TestTokenCache:
         assert count_records(provider_log, kind="token") == 1
         assert count_records(provider_log, kind="exchange", outcome="ok") == 2
         assert count_records(audit_path(fresh_network, POPULATION), kind="token") == 0
+
+    async def test_token_renewed_ahead_while_requests_go_on(
+        self, fresh_network: LiveNetwork, session: aiohttp.ClientSession
+    ) -> None:
+        """Within a minute of its expiry a token is renewed once, in the background: requests
+        meanwhile go out with the old one at once, later ones with the new one."""
+        net = fresh_network
+        desk = _TokenDesk(HttpPeerTransport(session, timeout=10), first_expires_in=45)
+        subject = net.demo["subjects"][0]
+        async with _consumer(net, desk) as consumer:
+            assert (await consumer.exchange(income_request(net, subject))).status == 200
+            first = desk.granted[0]
+            desk.hold = asyncio.Event()
+            desk.answered.clear()
+            for _ in range(3):  # the renewal is held: none of these may wait for it
+                result = await asyncio.wait_for(
+                    consumer.exchange(income_request(net, subject)), timeout=10
+                )
+                assert result.status == 200
+            assert desk.asked == 2, "one renewal for the three requests"
+            assert desk.sent == [first] * 4
+            desk.hold.set()
+            # The renewal stores the token as soon as its answer is back, before this wakes.
+            await asyncio.wait_for(desk.answered.wait(), timeout=10)
+            assert (await consumer.exchange(income_request(net, subject))).status == 200
+        assert desk.sent[-1] == desk.granted[1] != first
+        assert desk.asked == 2, "the new token is good for 300 s: no renewal yet"
+        assert count_records(audit_path(net, TAX), kind="token") == 2
+
+    async def test_failed_renewal_is_logged_and_not_repeated(
+        self,
+        fresh_network: LiveNetwork,
+        session: aiohttp.ClientSession,
+        captured: io.StringIO,
+    ) -> None:
+        """A refused renewal leaves the old token in use and is not asked again on each request."""
+        net = fresh_network
+        desk = _TokenDesk(HttpPeerTransport(session, timeout=10), first_expires_in=45)
+        subject = net.demo["subjects"][0]
+        async with _consumer(net, desk) as consumer:
+            assert (await consumer.exchange(income_request(net, subject))).status == 200
+            desk.refuse = True
+            desk.answered.clear()
+            assert (await consumer.exchange(income_request(net, subject))).status == 200
+            await asyncio.wait_for(desk.answered.wait(), timeout=10)
+            for _ in range(2):
+                assert (await consumer.exchange(income_request(net, subject))).status == 200
+        assert (desk.asked, desk.refused) == (2, 1)
+        assert desk.sent == [desk.granted[0]] * 4
+        failures = [
+            line
+            for line in map(json.loads, captured.getvalue().splitlines())
+            if line["event"] == "token_renewal_failed"
+        ]
+        assert len(failures) == 1
+        assert failures[0]["level"] == "warning"
+        assert (failures[0]["provider"], failures[0]["contract"]) == (TAX, INCOME_CONTRACT)
+        assert failures[0]["problem"] == "upstream-unreachable"
+        assert subject not in captured.getvalue()
+
+    async def test_token_near_its_expiry_is_replaced_before_sending(
+        self, fresh_network: LiveNetwork, session: aiohttp.ClientSession
+    ) -> None:
+        """With less than 30 s left a token is not sent: the request waits for a new one."""
+        net = fresh_network
+        desk = _TokenDesk(HttpPeerTransport(session, timeout=10), first_expires_in=20)
+        subject = net.demo["subjects"][0]
+        async with _consumer(net, desk) as consumer:
+            for _ in range(2):
+                assert (await consumer.exchange(income_request(net, subject))).status == 200
+        assert desk.asked == 2
+        assert desk.sent == desk.granted
+
+
+class _TokenDesk:
+    """A peer transport that records the tokens granted and sent, and can hold or refuse
+    token requests; the first grant can be made to look shorter than it is."""
+
+    def __init__(self, inner: HttpPeerTransport, *, first_expires_in: int) -> None:
+        self._inner = inner
+        self._first_expires_in = first_expires_in
+        self.asked = 0  # token requests made
+        self.refused = 0
+        self.granted: list[str] = []
+        self.sent: list[str] = []  # the token of each service call
+        self.hold: asyncio.Event | None = None
+        self.refuse = False
+        self.answered = asyncio.Event()  # set as each token request is answered or refused
+
+    async def post(
+        self, url: str, *, data: bytes | Mapping[str, str], headers: Mapping[str, str]
+    ) -> tuple[int, str, bytes, Mapping[str, str]]:
+        """POST through the real transport, or refuse as an unreachable provider would."""
+        if not url.endswith("/v1/token"):
+            self.sent.append(headers["Authorization"].removeprefix("Bearer "))
+            return await self._inner.post(url, data=data, headers=headers)
+        self.asked += 1
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.refuse:
+            self.refused += 1
+            self.answered.set()
+            raise UpstreamUnreachable("the provider gateway could not be reached")
+        status, content_type, raw, answer_headers = await self._inner.post(
+            url, data=data, headers=headers
+        )
+        answer = json.loads(raw)
+        if not self.granted:
+            answer["expires_in"] = self._first_expires_in
+        self.granted.append(answer["access_token"])
+        self.answered.set()
+        return status, content_type, json.dumps(answer).encode(), answer_headers
+
+
+@contextlib.asynccontextmanager
+async def _consumer(net: LiveNetwork, transport: _TokenDesk) -> AsyncIterator[Consumer]:
+    """The consumer pipeline of social-benefits over ``transport``, closed afterwards."""
+    runtime = await build_runtime(load_settings(net.directory / BENEFITS / "gateway.yaml"))
+    consumer = Consumer(runtime, transport)
+    try:
+        yield consumer
+    finally:
+        await consumer.close()
+        await runtime.close()

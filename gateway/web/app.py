@@ -473,6 +473,7 @@ def create_app(runtime: Runtime) -> web.Application:
             runtime, HttpPeerTransport(session, runtime.settings.limits.upstream_timeout_seconds)
         )
         yield
+        await app[CONSUMER].close()
         await session.close()
 
     app.cleanup_ctx.append(session_context)
