@@ -14,7 +14,7 @@ import asyncio
 import io
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import aiohttp
@@ -28,7 +28,6 @@ from multidict import CIMultiDict
 from gateway.backend import BackendRequest, HttpBackend
 from gateway.bodies import HandedBody
 from gateway.demo.network import BENEFITS, POPULATION, TAX
-from gateway.observability import configure_logging
 from gateway.outbound import HttpPeerTransport
 from gateway.tracing import (
     CURRENT,
@@ -396,17 +395,6 @@ class TestOutgoingCalls:
 # -- across a live network ----------------------------------------------------------
 
 
-@pytest.fixture
-def captured_logs() -> Iterator[io.StringIO]:
-    """Every log line (info and up, JSON) written while the test runs."""
-    stream = io.StringIO()
-    configure_logging("info", "json", stream)
-    try:
-        yield stream
-    finally:
-        configure_logging("warning", "json")
-
-
 def _lines_of(stream: io.StringIO, trace_id: str) -> list[dict[str, Any]]:
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     return [line for line in lines if line.get("trace_id") == trace_id]
@@ -438,9 +426,7 @@ async def _exchange(
 class TestAcrossGateways:
     """One client request: one trace id on both gateways and in the answer."""
 
-    async def test_given_traceparent(
-        self, network: LiveNetwork, captured_logs: io.StringIO
-    ) -> None:
+    async def test_given_traceparent(self, network: LiveNetwork, captured: io.StringIO) -> None:
         """The client's trace id is on the consumer's and the provider's log lines."""
         trace_id = new_trace_id()
         caller = TraceContext(trace_id, new_span_id(), 1)
@@ -453,7 +439,7 @@ class TestAcrossGateways:
         assert answered.trace_id == trace_id
         assert answered.span_id != caller.span_id
         assert answered.sampled
-        lines = _lines_of(captured_logs, trace_id)
+        lines = _lines_of(captured, trace_id)
         exchanges = {
             (line["agency"], line["direction"]): line
             for line in lines
@@ -465,14 +451,14 @@ class TestAcrossGateways:
         assert consumer["exchange_id"] == provider["exchange_id"]
         assert {line["agency"] for line in lines} == {BENEFITS, TAX}
 
-    async def test_no_traceparent(self, network: LiveNetwork, captured_logs: io.StringIO) -> None:
+    async def test_no_traceparent(self, network: LiveNetwork, captured: io.StringIO) -> None:
         """Without one the consumer starts a trace, and the provider continues it."""
         status, headers = await _exchange(network, TAX, POPULATION, "person-basic", {})
         assert status == 200
         answered = parse_traceparent(headers["traceparent"])
         assert answered is not None
         assert not answered.sampled
-        lines = _lines_of(captured_logs, answered.trace_id)
+        lines = _lines_of(captured, answered.trace_id)
         assert {(line["agency"], line["event"]) for line in lines} >= {
             (TAX, "exchange"),
             (POPULATION, "exchange"),
@@ -482,7 +468,7 @@ class TestAcrossGateways:
         "value", [f"00-{'0' * 32}-{PARENT}-01", f"00-{TRACE}-{PARENT}-01-extra", "nonsense"]
     )
     async def test_invalid_traceparent(
-        self, network: LiveNetwork, captured_logs: io.StringIO, value: str
+        self, network: LiveNetwork, captured: io.StringIO, value: str
     ) -> None:
         """An invalid header is ignored: a fresh trace, and the request is served as usual."""
         status, headers = await _exchange(network, BENEFITS, TAX, SERVICE, {"traceparent": value})
@@ -490,7 +476,7 @@ class TestAcrossGateways:
         answered = parse_traceparent(headers["traceparent"])
         assert answered is not None
         assert answered.trace_id not in {TRACE, "0" * 32}
-        assert _lines_of(captured_logs, answered.trace_id)
+        assert _lines_of(captured, answered.trace_id)
 
     async def test_every_answer_carries_one(self, network: LiveNetwork) -> None:
         """Probes, refusals and unknown paths are answered with a ``traceparent`` too."""
