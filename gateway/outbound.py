@@ -95,6 +95,10 @@ class CachedToken:
     compact: str
     expires_at: int
 
+    def good_for(self, seconds: int, now: int) -> bool:
+        """Whether the token has more than ``seconds`` left at ``now``."""
+        return self.expires_at - seconds > now
+
 
 class PeerTransport(Protocol):
     """How we reach peer gateways: one pooled session in production."""
@@ -366,17 +370,17 @@ class Consumer:
         key = (provider, grant.contract, grant.purpose)
         now = self.runtime.now()
         cached = self._tokens.get(key)
-        hit = cached is not None and cached.expires_at - TOKEN_RENEW_MARGIN_SECONDS > now
+        hit = cached is not None and cached.good_for(TOKEN_RENEW_MARGIN_SECONDS, now)
         self.runtime.metrics.token_cache_lookup(hit=hit)
         if cached is not None and hit:
-            if cached.expires_at - TOKEN_RENEW_AHEAD_SECONDS <= now:
+            if not cached.good_for(TOKEN_RENEW_AHEAD_SECONDS, now):
                 self._renew_in_background(key, cached, provider_url, grant)
             return cached.compact
         async with self._token_locks.setdefault(key, asyncio.Lock()):
             # Another request (or a renewal) may have fetched one while we waited.
             cached = self._tokens.get(key)
-            if cached is not None and cached.expires_at - TOKEN_RENEW_MARGIN_SECONDS > (
-                self.runtime.now()
+            if cached is not None and cached.good_for(
+                TOKEN_RENEW_MARGIN_SECONDS, self.runtime.now()
             ):
                 return cached.compact
             fresh = await self._request_token(provider_url, provider, grant, phases)
@@ -409,8 +413,8 @@ class Consumer:
         provider = key[0]
         async with self._token_locks.setdefault(key, asyncio.Lock()):
             cached = self._tokens.get(key)
-            if cached is not None and cached.expires_at - TOKEN_RENEW_AHEAD_SECONDS > (
-                self.runtime.now()
+            if cached is not None and cached.good_for(
+                TOKEN_RENEW_AHEAD_SECONDS, self.runtime.now()
             ):
                 return  # a request fetched one meanwhile (the old one was refused)
             try:
